@@ -1,0 +1,265 @@
+//! Idempotency: exactly-once effects per handler on top of at-least-once delivery.
+//!
+//! Before a handler runs, the service claims `(handler, key)` in an [`IdempotencyStore`]. The
+//! key is the event's business key (`#[choreo(key)]`) or else the message id. A key that is
+//! already done is acknowledged without running the handler; a failed run releases its claim
+//! so a retry can take it.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::BoxError;
+
+/// The outcome of claiming a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is ours: run the handler.
+    Claimed,
+    /// A run with this key already succeeded: skip it.
+    Done,
+    /// Another run holds the key right now (another instance, or a concurrent duplicate):
+    /// try again later.
+    InProgress,
+}
+
+/// Where handlers record which keys they have handled.
+///
+/// The in-memory [`MemoryIdempotencyStore`] serves one process; several instances of a
+/// service need a shared store so that a redelivery to another instance is still caught.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for `handler` for at most `lease`; a claim not completed or released by
+    /// then may be taken by another run.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached; the message is then retried.
+    fn claim(
+        &self,
+        handler: &str,
+        key: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim, BoxError>> + Send;
+
+    /// Marks a claimed key done.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached; the message is then retried.
+    fn complete(&self, handler: &str, key: &str)
+    -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Gives up a claim after a failed run.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached; the claim then lapses with its lease.
+    fn release(&self, handler: &str, key: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// A bounded in-process [`IdempotencyStore`].
+///
+/// Remembers completed keys for `ttl` (default one hour), at most `capacity` per handler
+/// (default 100,000); the oldest are forgotten first. Cloning shares the store.
+#[derive(Clone, Debug)]
+pub struct MemoryIdempotencyStore {
+    inner: Arc<Mutex<HashMap<Box<str>, Keys>>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    entries: HashMap<Arc<str>, Entry>,
+    order: VecDeque<(Arc<str>, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    since: Instant,
+    state: EntryState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryState {
+    InProgress { until: Instant },
+    Done,
+}
+
+impl Default for MemoryIdempotencyStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryIdempotencyStore {
+    /// A store with the default TTL (one hour) and capacity (100,000 keys per handler).
+    pub fn new() -> Self {
+        Self::with_limits(Duration::from_secs(3600), 100_000)
+    }
+
+    /// A store that remembers done keys for `ttl`, at most `capacity` per handler.
+    pub fn with_limits(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many keys `handler` has claimed or completed and not yet forgotten.
+    pub fn len(&self, handler: &str) -> usize {
+        self.lock().get(handler).map_or(0, |k| k.entries.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Keys>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn claim_now(&self, handler: &str, key: &str, lease: Duration) -> Claim {
+        let now = Instant::now();
+        let mut all = self.lock();
+        let keys = match all.get_mut(handler) {
+            Some(keys) => keys,
+            None => all.entry(handler.into()).or_default(),
+        };
+        keys.evict(now, self.ttl, self.capacity);
+        if let Some(entry) = keys.entries.get_mut(key) {
+            match entry.state {
+                EntryState::Done => return Claim::Done,
+                EntryState::InProgress { until } if until > now => return Claim::InProgress,
+                EntryState::InProgress { .. } => {
+                    entry.state = EntryState::InProgress { until: now + lease };
+                    return Claim::Claimed;
+                }
+            }
+        }
+        let key: Arc<str> = Arc::from(key);
+        keys.entries.insert(
+            key.clone(),
+            Entry {
+                since: now,
+                state: EntryState::InProgress { until: now + lease },
+            },
+        );
+        keys.order.push_back((key, now));
+        Claim::Claimed
+    }
+
+    fn settle(&self, handler: &str, key: &str, done: bool) {
+        let mut all = self.lock();
+        let Some(keys) = all.get_mut(handler) else {
+            return;
+        };
+        if done {
+            if let Some(entry) = keys.entries.get_mut(key) {
+                entry.state = EntryState::Done;
+            }
+        } else {
+            keys.entries.remove(key);
+        }
+    }
+}
+
+impl Keys {
+    fn evict(&mut self, now: Instant, ttl: Duration, capacity: usize) {
+        while let Some((key, since)) = self.order.front() {
+            let live = self.entries.get(key).filter(|e| e.since == *since);
+            let Some(entry) = live else {
+                // Released and maybe re-claimed since: this slot is stale.
+                self.order.pop_front();
+                continue;
+            };
+            let expired = match entry.state {
+                EntryState::Done => now.duration_since(entry.since) >= ttl,
+                EntryState::InProgress { until } => until <= now,
+            };
+            if expired || self.entries.len() >= capacity {
+                self.entries.remove(key);
+                self.order.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.order.len() > capacity.saturating_mul(2) {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, since)| entries.get(key).is_some_and(|e| e.since == *since));
+        }
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn claim(&self, handler: &str, key: &str, lease: Duration) -> Result<Claim, BoxError> {
+        Ok(self.claim_now(handler, key, lease))
+    }
+
+    async fn complete(&self, handler: &str, key: &str) -> Result<(), BoxError> {
+        self.settle(handler, key, true);
+        Ok(())
+    }
+
+    async fn release(&self, handler: &str, key: &str) -> Result<(), BoxError> {
+        self.settle(handler, key, false);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn claim_complete_release() {
+        let store = MemoryIdempotencyStore::new();
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::Claimed);
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::InProgress);
+        assert_eq!(store.claim_now("other", "k", LEASE), Claim::Claimed);
+        store.settle("h", "k", false);
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::Claimed);
+        store.settle("h", "k", true);
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::Done);
+    }
+
+    #[test]
+    fn expired_lease_can_be_reclaimed() {
+        let store = MemoryIdempotencyStore::new();
+        assert_eq!(store.claim_now("h", "k", Duration::ZERO), Claim::Claimed);
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::Claimed);
+    }
+
+    #[test]
+    fn capacity_bounds_memory() {
+        let store = MemoryIdempotencyStore::with_limits(Duration::from_secs(3600), 10);
+        for i in 0..1000 {
+            let key = i.to_string();
+            assert_eq!(store.claim_now("h", &key, LEASE), Claim::Claimed);
+            store.settle("h", &key, true);
+        }
+        assert!(store.len("h") <= 10);
+        assert_eq!(store.claim_now("h", "999", LEASE), Claim::Done);
+        assert_eq!(store.claim_now("h", "0", LEASE), Claim::Claimed);
+    }
+
+    #[test]
+    fn ttl_forgets_done_keys() {
+        let store = MemoryIdempotencyStore::with_limits(Duration::ZERO, 10);
+        store.claim_now("h", "k", LEASE);
+        store.settle("h", "k", true);
+        assert_eq!(store.claim_now("h", "k", LEASE), Claim::Claimed);
+    }
+
+    #[test]
+    fn released_and_reclaimed_keys_do_not_grow_without_bound() {
+        let store = MemoryIdempotencyStore::with_limits(Duration::from_secs(3600), 4);
+        for _ in 0..100 {
+            store.claim_now("h", "k", LEASE);
+            store.settle("h", "k", false);
+        }
+        let all = store.lock();
+        assert!(all["h"].order.len() <= 8);
+    }
+}

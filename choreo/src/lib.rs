@@ -1,0 +1,238 @@
+//! Typed event contracts, handlers and reliable choreography for event-driven services.
+//!
+//! Services declare their events as plain structs with [`#[derive(Event)]`](derive@Event),
+//! write handlers as `async fn`s with [`#[handler]`](macro@handler), and run them on a
+//! [`Transport`]: the in-process [`MemoryTransport`] for tests and local runs, RabbitMQ
+//! through `choreo-amqp` in production. Retries, idempotency and poison-message routing
+//! come with every handler and behave the same on both.
+//!
+//! ```
+//! use choreo::{handler, Context, Event, HandlerError, Service};
+//! use choreo::testing::TestHarness;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+//! #[choreo(name = "orders.order-placed", version = 1)]
+//! pub struct OrderPlaced {
+//!     #[choreo(key)]
+//!     pub order_id: u64,
+//!     pub total_cents: u64,
+//! }
+//!
+//! #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+//! #[choreo(name = "billing.payment-captured", version = 1)]
+//! pub struct PaymentCaptured {
+//!     #[choreo(key)]
+//!     pub order_id: u64,
+//! }
+//!
+//! #[handler(emits(PaymentCaptured))]
+//! async fn charge_card(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+//!     ctx.publish(&PaymentCaptured { order_id: order.order_id })?;
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut harness = TestHarness::new();
+//! harness.start(Service::new("billing").handler(charge_card)).await?;
+//! harness.publish(&OrderPlaced { order_id: 42, total_cents: 1999 }).await?;
+//! harness.settle().await?;
+//!
+//! assert_eq!(harness.handled("billing.charge-card"), 1);
+//! let captured = harness.published::<PaymentCaptured>();
+//! assert_eq!(captured[0].order_id, 42);
+//! harness.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `macros` (default): `#[derive(Event)]` and `#[handler]`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod context;
+pub mod envelope;
+mod error;
+pub mod event;
+pub mod handler;
+pub mod idempotency;
+pub mod memory;
+pub mod observe;
+mod publisher;
+pub mod retry;
+mod service;
+pub mod testing;
+pub mod transport;
+
+pub use context::Context;
+pub use envelope::{Headers, Message, Metadata};
+pub use error::{
+    BoxError, Error, HandlerError, HandlerErrorKind, PublishError, Result, ResultExt,
+    TransportError,
+};
+pub use event::{DecodeError, Event, EventKey, EventType, catalog};
+pub use handler::{Handler, HandlerInfo, State};
+pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+pub use memory::{MemoryTransport, Unroutable};
+pub use observe::{Observation, Observer, Outcome};
+pub use publisher::{PublishOptions, Publisher};
+pub use retry::RetryPolicy;
+pub use service::{
+    DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT,
+    RunningService, Service,
+};
+pub use transport::{Failure, FailureKind, Transport};
+
+/// Derives [`Event`](trait@Event) for a struct.
+///
+/// ```
+/// # use choreo::Event;
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[choreo(name = "billing.payment-captured", version = 2)]
+/// pub struct PaymentCaptured {
+///     #[choreo(key)]
+///     pub payment_id: String,
+///     pub amount_cents: u64,
+/// }
+/// ```
+///
+/// Container attributes, in `#[choreo(...)]`:
+///
+/// - `name = "<domain>.<event>"` (required): lower kebab-case segments separated by dots;
+///   the first segment is the owning domain.
+/// - `version = N` (required): a positive integer.
+/// - `crate = "path"`: where to find `choreo` when it is re-exported under another name.
+///
+/// Field attributes: `#[choreo(key)]` on at most one field marks the business idempotency
+/// key; its type must implement [`EventKey`].
+///
+/// The type must also derive `serde::Serialize`, `serde::Deserialize` and
+/// `schemars::JsonSchema`, and may not be generic. Only structs are events; model each case
+/// of an enum as its own event.
+#[cfg(feature = "macros")]
+pub use choreo_macros::Event;
+
+/// Turns an `async fn` into a [`Handler`].
+///
+/// ```
+/// # use choreo::{handler, Context, Event, HandlerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// # #[choreo(name = "orders.order-placed", version = 1)]
+/// # struct OrderPlaced { order_id: u64 }
+/// # #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// # #[choreo(name = "billing.payment-captured", version = 1)]
+/// # struct PaymentCaptured { order_id: u64 }
+/// #[handler(emits(PaymentCaptured), timeout = "5s", concurrency = 4)]
+/// async fn charge_card(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+///     ctx.publish(&PaymentCaptured { order_id: order.order_id })?;
+///     Ok(())
+/// }
+/// ```
+///
+/// The first argument is the event consumed. Later arguments are a [`Context`] and any
+/// number of [`State<T>`](State). The function returns `Result<(), E>` for any `E` that
+/// converts into [`HandlerError`], or `()`.
+///
+/// Attributes:
+///
+/// - `emits(A, B, ...)`: the events the handler may publish.
+/// - `name = "..."`: the handler's name (default: the function's name in kebab-case); its
+///   queue is `<service>.<name>`.
+/// - `retry = <expr>`: a [`RetryPolicy`] for this handler.
+/// - `timeout = "30s"`: this handler's timeout (`ms`, `s`, `m` or `h`).
+/// - `concurrency = N`: how many messages it works on at once.
+/// - `crate = "path"`: where to find `choreo`.
+///
+/// The function becomes a unit struct of the same name that implements [`Handler`]; pass
+/// it to [`Service::handler`].
+#[cfg(feature = "macros")]
+pub use choreo_macros::handler;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Support for generated code. Not public API.
+
+    pub use ::core;
+    pub use ::inventory;
+    pub use ::schemars;
+    pub use ::serde;
+    pub use ::std;
+
+    pub use crate::event::{EventDescriptor, EventKey};
+    pub use crate::handler::{HandlerInfo, StateMap, StateRequirement};
+
+    use crate::error::HandlerError;
+
+    /// The results a handler function may return.
+    #[diagnostic::on_unimplemented(
+        message = "a choreo handler must return `Result<(), E>` where `E: Into<HandlerError>`, or `()`",
+        label = "this return type is not allowed"
+    )]
+    pub trait IntoHandlerResult {
+        /// Converts the function's result.
+        fn into_handler_result(self) -> Result<(), HandlerError>;
+    }
+
+    impl IntoHandlerResult for () {
+        fn into_handler_result(self) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    impl<E: Into<HandlerError>> IntoHandlerResult for Result<(), E> {
+        fn into_handler_result(self) -> Result<(), HandlerError> {
+            self.map_err(Into::into)
+        }
+    }
+
+    /// Takes a `State<T>` argument from the service's state.
+    ///
+    /// The service checks at start-up that every state a handler takes is present.
+    pub fn state<T: Clone + Send + Sync + 'static>(state: &StateMap) -> crate::State<T> {
+        match state.get::<T>() {
+            Some(value) => crate::State(value.clone()),
+            None => panic!(
+                "state `{}` missing: the service checks this at start-up",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// Proves a type is `Serialize`, in choreo's words.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must implement `Serialize` to be a choreo event",
+        label = "add `#[derive(serde::Serialize)]` to this type",
+        note = "events travel as JSON written by serde"
+    )]
+    pub trait EventSerialize {}
+    impl<T: ::serde::Serialize> EventSerialize for T {}
+
+    /// Proves a type is `Deserialize`, in choreo's words.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must implement `Deserialize` to be a choreo event",
+        label = "add `#[derive(serde::Deserialize)]` to this type",
+        note = "events travel as JSON read by serde"
+    )]
+    pub trait EventDeserialize {}
+    impl<T: ::serde::de::DeserializeOwned> EventDeserialize for T {}
+
+    /// Proves a type is `JsonSchema`, in choreo's words.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must implement `JsonSchema` to be a choreo event",
+        label = "add `#[derive(schemars::JsonSchema)]` to this type",
+        note = "every event publishes its JSON Schema as a contract for other teams"
+    )]
+    pub trait EventJsonSchema {}
+    impl<T: ::schemars::JsonSchema> EventJsonSchema for T {}
+
+    /// Checks the derives an event needs, each with its own message.
+    pub const fn assert_event_derives<T: EventSerialize + EventDeserialize + EventJsonSchema>() {}
+
+    /// Checks a handler's future can move between threads.
+    pub fn assert_send<T: Send>(_: &T) {}
+}
