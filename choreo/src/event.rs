@@ -36,7 +36,9 @@ use serde::de::DeserializeOwned;
     label = "not an event",
     note = "add `#[derive(choreo::Event)]` and `#[choreo(name = \"<domain>.<event>\", version = <n>)]` to `{Self}`"
 )]
-pub trait Event: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     /// The event's name, `<domain>.<event>` in lower kebab-case segments.
     const NAME: &'static str;
     /// The contract's version, starting at 1.

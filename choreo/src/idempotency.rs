@@ -47,15 +47,22 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// # Errors
     ///
     /// When the store cannot be reached; the message is then retried.
-    fn complete(&self, handler: &str, key: &str)
-    -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn complete(
+        &self,
+        handler: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Gives up a claim after a failed run.
     ///
     /// # Errors
     ///
     /// When the store cannot be reached; the claim then lapses with its lease.
-    fn release(&self, handler: &str, key: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn release(
+        &self,
+        handler: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// A bounded in-process [`IdempotencyStore`].

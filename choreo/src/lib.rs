@@ -81,8 +81,8 @@ pub use observe::{Observation, Observer, Outcome};
 pub use publisher::{PublishOptions, Publisher};
 pub use retry::RetryPolicy;
 pub use service::{
-    DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT,
-    RunningService, Service,
+    DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, RunningService,
+    Service,
 };
 pub use transport::{Failure, FailureKind, Transport};
 

@@ -165,7 +165,10 @@ impl MemoryTransport {
 
     /// Whether no queue has anything ready, in flight or waiting to be retried.
     pub fn is_idle(&self) -> bool {
-        self.inner.lock_queues().values().all(|q| q.stats().is_idle())
+        self.inner
+            .lock_queues()
+            .values()
+            .all(|q| q.stats().is_idle())
     }
 
     /// Whether every outstanding message is waiting in a delayed retry tier (and at least one
@@ -318,7 +321,9 @@ impl Inner {
     }
 
     fn lock_scheduler(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<Scheduled>>> {
-        self.scheduler.lock().unwrap_or_else(PoisonError::into_inner)
+        self.scheduler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn queue(&self, name: &str) -> Result<Arc<Queue>, TransportError> {
@@ -637,10 +642,10 @@ impl Delivery for MemoryDelivery {
         let mut message = self.take();
         message.meta.attempt = retry.attempt;
         message.meta.retry_tier = retry.tiers_passed;
-        message
-            .meta
-            .headers
-            .insert(headers::failure::FIRST_AT, Rfc3339(retry.first_failure).to_string());
+        message.meta.headers.insert(
+            headers::failure::FIRST_AT,
+            Rfc3339(retry.first_failure).to_string(),
+        );
         self.inner
             .schedule(Arc::clone(&self.queue), message, retry.delay);
         self.settled();

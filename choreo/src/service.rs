@@ -271,7 +271,8 @@ impl<S: IdempotencyStore> Service<S> {
                     service: self.name.clone(),
                     reason: format!(
                         "handler `{}` takes `State<{}>`, but the service has no such state; add `.state(...)` with a value of that type",
-                        info.name, missing.type_name()
+                        info.name,
+                        missing.type_name()
                     ),
                 });
             }
@@ -400,7 +401,11 @@ impl<S> fmt::Debug for Service<S> {
             .field("name", &self.name)
             .field(
                 "handlers",
-                &self.handlers.iter().map(|r| r.info.name).collect::<Vec<_>>(),
+                &self
+                    .handlers
+                    .iter()
+                    .map(|r| r.info.name)
+                    .collect::<Vec<_>>(),
             )
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
@@ -676,8 +681,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                         DecodeError::UnknownVersion { .. } => FailureKind::UnknownVersion,
                         _ => FailureKind::Decode,
                     };
-                    let failure =
-                        self.failure(Some(message), kind, error.to_string(), failures.attempt, None);
+                    let failure = self.failure(
+                        Some(message),
+                        kind,
+                        error.to_string(),
+                        failures.attempt,
+                        None,
+                    );
                     self.settle_poison(delivery, Some(&meta), failure, started)
                         .await;
                     return;
@@ -689,7 +699,11 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     Some(key) => key,
                     None => meta.id.hyphenated().to_string(),
                 };
-                match self.store.claim(&self.scope.queue, &key, self.lease()).await {
+                match self
+                    .store
+                    .claim(&self.scope.queue, &key, self.lease())
+                    .await
+                {
                     Ok(Claim::Claimed) => claimed = Some(key),
                     Ok(Claim::Done) => {
                         drop(invocation.future);
@@ -857,7 +871,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             // No delayed tier to wait in: hand it back for a later delivery.
             let result = delivery.requeue().await;
             match result {
-                Ok(()) => self.emit(Some(meta), Outcome::Deferred { delay: Duration::ZERO }, started),
+                Ok(()) => self.emit(
+                    Some(meta),
+                    Outcome::Deferred {
+                        delay: Duration::ZERO,
+                    },
+                    started,
+                ),
                 Err(error) => self.settle_failed(Some(meta), &error, started),
             }
             return;

@@ -28,7 +28,10 @@ pub trait Transport: Clone + Send + Sync + 'static {
     ///
     /// When the broker refuses the topology, for example a queue that exists with other
     /// arguments.
-    fn declare(&self, topology: &Topology) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn declare(
+        &self,
+        topology: &Topology,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Publishes a message and resolves once the broker has taken responsibility for it.
     ///
