@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::context::{Context, HandlerScope};
 use crate::envelope::{Message, domain_of, headers, parse_rfc3339};
@@ -447,6 +448,10 @@ pub(crate) fn is_kebab_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// How long a message whose key another run holds waits before it is requeued, when the
+/// retry policy has no delayed tier to park it in.
+const DEFER_PAUSE: Duration = Duration::from_millis(100);
+
 /// A started service. Drop it or call [`RunningService::shutdown`] to stop.
 #[must_use = "a service stops when its handle is dropped; call `shutdown` to stop it gracefully"]
 pub struct RunningService {
@@ -627,12 +632,10 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         self.handle(delivery, started).instrument(span).await;
     }
 
-    async fn handle<D: Delivery>(&self, delivery: D, started: Instant) {
-        let Ok(message) = delivery.message() else {
-            return;
-        };
-        let meta = message.meta.clone();
-        let early = if message.body.len() > self.max_body {
+    /// Why a message cannot reach the handler at all, before anything is decoded.
+    fn precheck(&self, message: &Message) -> Option<(FailureKind, String)> {
+        let meta = &message.meta;
+        if message.body.len() > self.max_body {
             Some((
                 FailureKind::TooLarge,
                 format!(
@@ -651,32 +654,53 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             ))
         } else {
             None
+        }
+    }
+
+    async fn handle<D: Delivery>(&self, delivery: D, started: Instant) {
+        let Ok(message) = delivery.message() else {
+            return;
         };
-        if let Some((kind, reason)) = early {
-            let failure = self.failure(Some(message), kind, reason, meta.attempt, None);
+        if let Some((kind, reason)) = self.precheck(message) {
+            let failure = self.failure(Some(message), kind, reason, message.meta.attempt, None);
+            let meta = message.meta.clone();
             self.settle_poison(delivery, Some(&meta), failure, started)
                 .await;
             return;
         }
 
-        let first_failure = meta
-            .headers
-            .get(headers::failure::FIRST_AT)
-            .and_then(parse_rfc3339);
         let mut failures = FailureLog {
-            attempt: meta.attempt,
-            first: first_failure,
+            attempt: message.meta.attempt,
+            first: message
+                .meta
+                .headers
+                .get(headers::failure::FIRST_AT)
+                .and_then(parse_rfc3339),
             last_error: String::new(),
         };
-        let mut claimed: Option<String> = None;
+        // The claimed key: the event's business key, or else the message id.
+        let mut id_buffer = Uuid::encode_buffer();
+        let id_key: &str = message.meta.id.hyphenated().encode_lower(&mut id_buffer);
+        let mut claimed: Option<Option<String>> = None;
         let runs = self.retry.immediate_retries() + 1;
+        let mut ctx = Context::new(
+            message.meta.clone(),
+            failures.attempt + 1,
+            Arc::clone(&self.scope),
+        );
 
         for run in 0..runs {
-            let ctx = Context::new(meta.clone(), failures.attempt + 1, Arc::clone(&self.scope));
+            if run > 0 {
+                ctx = Context::new(
+                    message.meta.clone(),
+                    failures.attempt + 1,
+                    Arc::clone(&self.scope),
+                );
+            }
             let invocation = match self.handler.invoke(message, ctx.clone(), &self.state) {
                 Ok(invocation) => invocation,
                 Err(error) => {
-                    self.release(claimed.as_deref()).await;
+                    self.release(claimed.as_ref(), id_key).await;
                     let kind = match error {
                         DecodeError::UnknownVersion { .. } => FailureKind::UnknownVersion,
                         _ => FailureKind::Decode,
@@ -688,41 +712,35 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                         failures.attempt,
                         None,
                     );
-                    self.settle_poison(delivery, Some(&meta), failure, started)
+                    self.settle_poison(delivery, Some(ctx.meta()), failure, started)
                         .await;
                     return;
                 }
             };
 
             if claimed.is_none() {
-                let key = match invocation.key {
-                    Some(key) => key,
-                    None => meta.id.hyphenated().to_string(),
-                };
-                match self
-                    .store
-                    .claim(&self.scope.queue, &key, self.lease())
-                    .await
-                {
-                    Ok(Claim::Claimed) => claimed = Some(key),
+                let key = invocation.key.as_deref().unwrap_or(id_key);
+                match self.store.claim(&self.scope.queue, key, self.lease()).await {
+                    Ok(Claim::Claimed) => claimed = Some(invocation.key),
                     Ok(Claim::Done) => {
                         drop(invocation.future);
                         match delivery.ack().await {
-                            Ok(()) => self.emit(Some(&meta), Outcome::Duplicate, started),
-                            Err(error) => self.settle_failed(Some(&meta), &error, started),
+                            Ok(()) => self.emit(Some(ctx.meta()), Outcome::Duplicate, started),
+                            Err(error) => self.settle_failed(Some(ctx.meta()), &error, started),
                         }
                         return;
                     }
                     Ok(Claim::InProgress) => {
                         drop(invocation.future);
-                        self.defer(delivery, &meta, &failures, started).await;
+                        self.defer(delivery, ctx.meta(), &failures, started).await;
                         return;
                     }
                     Err(error) => {
                         drop(invocation.future);
                         failures.record(format!("idempotency store: {error}"));
                         if run + 1 < runs {
-                            self.pause_before_retry(&meta, &failures, started).await;
+                            self.pause_before_retry(ctx.meta(), &failures, started)
+                                .await;
                         }
                         continue;
                     }
@@ -742,30 +760,29 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     } else {
                         outbox.messages.clone()
                     };
-                    if let Err(error) = self.transport.publish_all(outbox.messages).await {
-                        failures.record(format!("publishing follow-up events failed: {error}"));
-                    } else {
-                        if let Some(key) = &claimed {
-                            if let Err(error) = self.store.complete(&self.scope.queue, key).await {
-                                tracing::warn!(%error, "idempotency store did not record completion");
+                    match self.transport.publish_all(outbox.messages).await {
+                        Ok(()) => {
+                            self.complete(claimed.as_ref(), id_key).await;
+                            match delivery.ack().await {
+                                Ok(()) => self.emit(
+                                    Some(ctx.meta()),
+                                    Outcome::Handled {
+                                        published: &published,
+                                    },
+                                    started,
+                                ),
+                                Err(error) => self.settle_failed(Some(ctx.meta()), &error, started),
                             }
+                            return;
                         }
-                        match delivery.ack().await {
-                            Ok(()) => self.emit(
-                                Some(&meta),
-                                Outcome::Handled {
-                                    published: &published,
-                                },
-                                started,
-                            ),
-                            Err(error) => self.settle_failed(Some(&meta), &error, started),
+                        Err(error) => {
+                            failures.record(format!("publishing follow-up events failed: {error}"));
                         }
-                        return;
                     }
                 }
                 Err(error) if error.is_permanent() => {
                     failures.record(error.to_string());
-                    self.release(claimed.as_deref()).await;
+                    self.release(claimed.as_ref(), id_key).await;
                     let failure = self.failure(
                         Some(message),
                         FailureKind::Permanent,
@@ -773,18 +790,20 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                         failures.attempt,
                         failures.first,
                     );
-                    self.settle_poison(delivery, Some(&meta), failure, started)
+                    self.settle_poison(delivery, Some(ctx.meta()), failure, started)
                         .await;
                     return;
                 }
                 Err(error) => failures.record(error.to_string()),
             }
             if run + 1 < runs {
-                self.pause_before_retry(&meta, &failures, started).await;
+                self.pause_before_retry(ctx.meta(), &failures, started)
+                    .await;
             }
         }
 
-        self.release(claimed.as_deref()).await;
+        self.release(claimed.as_ref(), id_key).await;
+        let meta = ctx.meta();
         let tier = meta.retry_tier as usize;
         match self.retry.tiers().get(tier) {
             Some(&delay) => {
@@ -797,7 +816,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                 };
                 match delivery.retry(retry).await {
                     Ok(()) => self.emit(
-                        Some(&meta),
+                        Some(meta),
                         Outcome::Retrying {
                             attempt: failures.attempt,
                             error: &failures.last_error,
@@ -806,7 +825,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                         },
                         started,
                     ),
-                    Err(error) => self.settle_failed(Some(&meta), &error, started),
+                    Err(error) => self.settle_failed(Some(meta), &error, started),
                 }
             }
             None => {
@@ -817,7 +836,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     failures.attempt,
                     failures.first,
                 );
-                self.settle_poison(delivery, Some(&meta), failure, started)
+                self.settle_poison(delivery, Some(meta), failure, started)
                     .await;
             }
         }
@@ -868,7 +887,9 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         started: Instant,
     ) {
         let Some(&delay) = self.retry.tiers().first() else {
-            // No delayed tier to wait in: hand it back for a later delivery.
+            // No delayed tier to wait in: pause, so as not to spin on the key, and hand the
+            // message back for a later delivery.
+            tokio::time::sleep(DEFER_PAUSE).await;
             let result = delivery.requeue().await;
             match result {
                 Ok(()) => self.emit(
@@ -895,10 +916,20 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         }
     }
 
-    async fn release(&self, key: Option<&str>) {
-        if let Some(key) = key {
+    async fn release(&self, claimed: Option<&Option<String>>, id_key: &str) {
+        if let Some(key) = claimed {
+            let key = key.as_deref().unwrap_or(id_key);
             if let Err(error) = self.store.release(&self.scope.queue, key).await {
                 tracing::warn!(%error, "idempotency store did not release a claim; it lapses with its lease");
+            }
+        }
+    }
+
+    async fn complete(&self, claimed: Option<&Option<String>>, id_key: &str) {
+        if let Some(key) = claimed {
+            let key = key.as_deref().unwrap_or(id_key);
+            if let Err(error) = self.store.complete(&self.scope.queue, key).await {
+                tracing::warn!(%error, "idempotency store did not record completion; a redelivery would run again");
             }
         }
     }

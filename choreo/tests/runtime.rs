@@ -31,7 +31,9 @@ async fn flaky_charge(
 ) -> Result<(), HandlerError> {
     let call = calls.hit(order.order_id);
     if call <= fail_first {
-        return Err(HandlerError::msg(format!("gateway unavailable (call {call})")));
+        return Err(HandlerError::msg(format!(
+            "gateway unavailable (call {call})"
+        )));
     }
     ctx.publish(&PaymentCaptured {
         order_id: order.order_id,
@@ -262,9 +264,13 @@ async fn invoice(sent: InvoiceSent, State(calls): State<Calls>) -> Result<(), Ha
 async fn without_a_business_key_the_message_id_deduplicates() {
     let mut h = TestHarness::new();
     let calls = Calls::default();
-    h.start(Service::new("billing").handler(invoice).state(calls.clone()))
-        .await
-        .unwrap();
+    h.start(
+        Service::new("billing")
+            .handler(invoice)
+            .state(calls.clone()),
+    )
+    .await
+    .unwrap();
 
     let sent = InvoiceSent { order_id: 1 };
     let id = h.publish(&sent).await.unwrap();
@@ -396,7 +402,10 @@ async fn follow_up_events_carry_correlation_and_causation() {
             &order(11),
             PublishOptions::default()
                 .correlation_id(correlation)
-                .header(headers::TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                .header(
+                    headers::TRACEPARENT,
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
         )
         .await
         .unwrap();
@@ -473,7 +482,9 @@ async fn publishing_an_undeclared_event_is_rejected() {
 
     assert_eq!(
         errors.lock().unwrap().as_slice(),
-        ["handler `billing.charge` does not declare `billing.invoice-sent v1` in `emits(...)`; declared: `billing.payment-captured v1`"]
+        [
+            "handler `billing.charge` does not declare `billing.invoice-sent v1` in `emits(...)`; declared: `billing.payment-captured v1`"
+        ]
     );
     assert!(h.published::<InvoiceSent>().is_empty());
     assert!(
@@ -523,14 +534,7 @@ async fn bad_bodies_unknown_versions_and_oversized_messages_are_poisoned_without
     .into();
 
     let transport = h.transport().clone();
-    for message in [
-        not_json,
-        wrong_shape,
-        v9,
-        other_event,
-        large,
-        good.clone(),
-    ] {
+    for message in [not_json, wrong_shape, v9, other_event, large, good.clone()] {
         transport.inject(QUEUE, message).unwrap();
     }
     h.settle().await.unwrap();
@@ -692,7 +696,9 @@ async fn start_up_rejects_invalid_services_naming_the_setting() {
     let error = start(Service::new("billing").handler(invoice)).await;
     assert!(matches!(error, Error::Startup { .. }));
     assert!(
-        error.to_string().contains("handler `invoice` takes `State<runtime::common::Calls>`"),
+        error
+            .to_string()
+            .contains("handler `invoice` takes `State<runtime::common::Calls>`"),
         "{error}"
     );
 
@@ -703,7 +709,11 @@ async fn start_up_rejects_invalid_services_naming_the_setting() {
             .state(Calls::default()),
     )
     .await;
-    assert!(error.to_string().contains("two handlers are named `invoice`"));
+    assert!(
+        error
+            .to_string()
+            .contains("two handlers are named `invoice`")
+    );
 
     let error = start(
         Service::new("billing")
