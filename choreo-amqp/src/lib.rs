@@ -1,5 +1,37 @@
 //! RabbitMQ transport for [`choreo`].
 //!
-//! This crate will carry the RabbitMQ implementation of [`choreo::Transport`]: topology
-//! declaration, publisher confirms, retry tiers, poison queues and connection recovery.
-//! Services written against `choreo` run on it unchanged.
+//! Services written against `choreo` run on RabbitMQ unchanged: give
+//! [`Service::start`](choreo::Service::start) an [`AmqpTransport`] instead of the in-memory
+//! one. The transport declares the topology of DESIGN §7 (a topic exchange per domain, a
+//! quorum queue per handler with retry tiers and a poison queue), publishes with confirms,
+//! consumes with per-consumer prefetch and manual acknowledgements, and replaces broken
+//! connections on its own.
+//!
+//! ```no_run
+//! use choreo_amqp::{AmqpConfig, AmqpTransport};
+//!
+//! # async fn run() -> Result<(), choreo_amqp::AmqpError> {
+//! // CHOREO_AMQP_URL, or amqp://guest:guest@127.0.0.1:5672/%2f
+//! let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `tls`: `amqps://` URLs through rustls, verifying the broker's certificate against the
+//!   system's roots.
+
+mod config;
+mod connection;
+mod consumer;
+mod error;
+mod publisher;
+mod topology;
+mod transport;
+mod wire;
+
+pub use config::{AmqpConfig, DEFAULT_URL, QueueType, URL_ENV};
+pub use consumer::{AmqpConsumer, AmqpDelivery};
+pub use error::AmqpError;
+pub use transport::AmqpTransport;

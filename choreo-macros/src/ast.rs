@@ -1,13 +1,12 @@
 //! A model of the macros' input, read once and checked.
 
-use proc_macro2::Span;
-use syn::spanned::Spanned;
+use quote::ToTokens;
 use syn::{
     Data, DeriveInput, FnArg, GenericArgument, Ident, ItemFn, LitInt, LitStr, Member, Pat,
     PathArguments, Type,
 };
 
-use crate::attr::{self, Container, HandlerArgs};
+use crate::attr::{Container, FieldAttrs, HandlerArgs};
 use crate::ctxt::Ctxt;
 
 /// An event type, as `#[derive(Event)]` sees it.
@@ -28,13 +27,21 @@ pub(crate) struct Key<'a> {
 
 impl<'a> EventInput<'a> {
     pub(crate) fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
-        let container = Container::from_attrs(cx, &input.attrs);
+        let mut container = Container::from_attrs(cx, &input.attrs);
         let mut implementable = true;
         let mut key: Option<Key<'a>> = None;
         match &input.data {
             Data::Struct(data) => {
                 for (index, field) in data.fields.iter().enumerate() {
-                    let Some(marker) = attr::field_is_key(cx, &field.attrs) else {
+                    let attrs = FieldAttrs::from_attrs(cx, &field.attrs);
+                    for misplaced in attrs.misplaced {
+                        match misplaced {
+                            "name" => container.name_attempted = true,
+                            "version" => container.version_attempted = true,
+                            _ => {}
+                        }
+                    }
+                    let Some(marker) = attrs.key else {
                         continue;
                     };
                     let (member, name) = match &field.ident {
@@ -75,10 +82,13 @@ impl<'a> EventInput<'a> {
         }
         if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
             implementable = false;
-            cx.error_spanned_by(
-                &input.generics,
-                "an event type cannot be generic: each event is one contract with one name, version and schema; declare a concrete struct per event",
-            );
+            let message = "an event type cannot be generic: each event is one contract with one name, version and schema; declare a concrete struct per event";
+            match &input.generics.where_clause {
+                Some(clause) if input.generics.params.is_empty() => {
+                    cx.error_spanned_by(clause, message);
+                }
+                _ => cx.error_spanned_by(&input.generics, message),
+            }
         }
         Self {
             ident: &input.ident,
@@ -114,29 +124,37 @@ impl<'a> HandlerInput<'a> {
             ));
         }
         if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-            cx.error_spanned_by(
-                &sig.generics,
-                "a choreo handler cannot be generic: it consumes one event type, named by its first argument",
-            );
+            let message = "a choreo handler cannot be generic: it consumes one event type, named by its first argument";
+            match &sig.generics.where_clause {
+                Some(clause) if sig.generics.params.is_empty() => {
+                    cx.error_spanned_by(clause, message);
+                }
+                _ => cx.error_spanned_by(&sig.generics, message),
+            }
         }
         if let Some(variadic) = &sig.variadic {
             cx.error_spanned_by(variadic, "a choreo handler cannot be variadic");
         }
 
+        let mut typed_args = Vec::new();
+        for input in &sig.inputs {
+            match input {
+                FnArg::Receiver(receiver) => cx.error_spanned_by(
+                    receiver,
+                    "a choreo handler cannot take `self`: write a free `async fn` and share state through `State<T>`",
+                ),
+                FnArg::Typed(typed) => typed_args.push(typed),
+            }
+        }
+        let has_receiver = typed_args.len() < sig.inputs.len();
+
         let mut event = None;
         let mut extras = Vec::new();
-        let mut seen_context: Option<Span> = None;
-        for (index, input) in sig.inputs.iter().enumerate() {
-            let typed = match input {
-                FnArg::Receiver(receiver) => {
-                    cx.error_spanned_by(
-                        receiver,
-                        "a choreo handler cannot take `self`: write a free `async fn` and share state through `State<T>`",
-                    );
-                    continue;
-                }
-                FnArg::Typed(typed) => typed,
-            };
+        let mut seen_context = false;
+        // When `Context` or `State<T>` comes first, the first other argument is most likely
+        // the event, written in the wrong place: that is one mistake, reported once.
+        let mut misplaced_event: Option<usize> = None;
+        for (index, typed) in typed_args.iter().enumerate() {
             if let Pat::Ident(pat) = &*typed.pat {
                 if pat.by_ref.is_some() {
                     cx.error_spanned_by(pat, "handler arguments are taken by value");
@@ -146,32 +164,50 @@ impl<'a> HandlerInput<'a> {
             if index == 0 {
                 match kind {
                     Classified::Other => event = Some(&*typed.ty),
-                    Classified::Context | Classified::State(_) => cx.error_spanned_by(
-                        &typed.ty,
-                        "the first argument of a choreo handler is the event it consumes, e.g. `order: OrderPlaced`; `Context` and `State<T>` come after it",
-                    ),
+                    Classified::Context | Classified::State(_) => {
+                        let later = typed_args
+                            .iter()
+                            .position(|t| matches!(classify(&t.ty), Classified::Other));
+                        let what = match kind {
+                            Classified::Context => "`Context`",
+                            _ => "`State<T>`",
+                        };
+                        let message = match later {
+                            Some(later) => format!(
+                                "{what} cannot come first: the first argument of a choreo handler is the event it consumes; move `{}` to the front",
+                                typed_args[later].pat.to_token_stream()
+                            ),
+                            None => format!(
+                                "{what} cannot come first: the first argument of a choreo handler is the event it consumes, e.g. `order: OrderPlaced`; `Context` and `State<T>` come after it"
+                            ),
+                        };
+                        misplaced_event = later;
+                        cx.error_spanned_by(&typed.ty, message);
+                        seen_context |= matches!(kind, Classified::Context);
+                    }
                 }
                 continue;
             }
             match kind {
                 Classified::Context => {
-                    if seen_context.is_some() {
+                    if seen_context {
                         cx.error_spanned_by(
                             &typed.ty,
                             "a choreo handler takes at most one `Context`",
                         );
                     }
-                    seen_context = Some(typed.ty.span());
+                    seen_context = true;
                     extras.push(Extra::Context);
                 }
                 Classified::State(inner) => extras.push(Extra::State(inner)),
+                Classified::Other if misplaced_event == Some(index) => {}
                 Classified::Other => cx.error_spanned_by(
                     &typed.ty,
                     "a choreo handler's arguments after the event must be `Context` or `State<T>`; register shared values with `Service::state` and take them as `State<T>`",
                 ),
             }
         }
-        if sig.inputs.is_empty() {
+        if typed_args.is_empty() && !has_receiver {
             cx.error_spanned_by(
                 &sig.ident,
                 "a choreo handler takes the event it consumes as its first argument, e.g. `async fn charge_card(order: OrderPlaced, ctx: Context)`",

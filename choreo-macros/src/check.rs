@@ -45,21 +45,29 @@ pub(crate) fn kebab(segment: &str) -> Result<(), &'static str> {
 
 /// Parses a duration such as `250ms`, `5s`, `2m` or `1h`.
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit"))?;
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err("it does not start with a whole number".into());
+    }
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        _ => return Err(format!("`{unit}` is not a unit")),
+        .map_err(|_| format!("`{number}` is too large"))?;
+    let seconds = |factor: u64| number.checked_mul(factor).map(Duration::from_secs);
+    let duration = match unit.trim_start() {
+        "" => return Err("it has no unit".into()),
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        other => return Err(format!("`{other}` is not a unit")),
     };
+    if unit.starts_with(char::is_whitespace) {
+        return Err("it has a space between the number and the unit".into());
+    }
+    let duration = duration.ok_or_else(|| format!("`{number}{unit}` is too large"))?;
     if duration.is_zero() {
         return Err("a timeout must be longer than zero".into());
     }
@@ -99,6 +107,14 @@ mod tests {
         assert!(duration("5").is_err());
         assert!(duration("5 days").is_err());
         assert!(duration("0s").is_err());
+        assert!(duration("5 s").is_err());
+        assert!(duration("s").is_err());
+        assert!(duration("").is_err());
+        assert!(duration("99999999999999999999s").is_err());
+        assert_eq!(
+            duration("30 seconds"),
+            Err("`seconds` is not a unit".to_owned())
+        );
     }
 
     #[test]

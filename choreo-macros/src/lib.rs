@@ -24,5 +24,5 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 pub fn handler(args: TokenStream, input: TokenStream) -> TokenStream {
     let args = proc_macro2::TokenStream::from(args);
     let function = parse_macro_input!(input as ItemFn);
-    expand::handler::expand(args, function).into()
+    expand::handler::expand(args, &function).into()
 }

@@ -103,6 +103,34 @@ impl Message {
         })
     }
 
+    /// A message of event `name` and `version` with `body` as it is, from `source`, starting
+    /// a new correlation. For bodies no `Event` type would write: foreign producers, tests of
+    /// bad input.
+    pub fn raw(
+        name: impl Into<Cow<'static, str>>,
+        version: u32,
+        source: Arc<str>,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        let id = new_id();
+        Self {
+            meta: Metadata {
+                id,
+                name: name.into(),
+                version,
+                source,
+                time: SystemTime::now(),
+                correlation_id: id,
+                causation_id: None,
+                key: None,
+                attempt: 0,
+                retry_tier: 0,
+                headers: Headers::new(),
+            },
+            body: body.into(),
+        }
+    }
+
     /// The exchange this message is published to: the domain, the name's first segment.
     pub fn exchange(&self) -> &str {
         self.meta.domain()
@@ -235,6 +263,19 @@ pub(crate) fn derived_id(parent: Uuid, scope: &[&str], seq: u32) -> Uuid {
     }
     hash.write(&seq.to_le_bytes());
     v7(millis, hash.finish())
+}
+
+/// A stable id for content that came without one: the same `parts` give the same id.
+///
+/// A v7 UUID with a zero timestamp and bits hashed from `parts`; transports use it for
+/// messages published without a message id, so that redeliveries still deduplicate.
+pub fn content_id(parts: &[&[u8]]) -> Uuid {
+    let mut hash = Fnv128::new();
+    for part in parts {
+        hash.write(part);
+        hash.write(&[0]);
+    }
+    v7(0, hash.finish())
 }
 
 fn v7(millis: u64, random: u128) -> Uuid {

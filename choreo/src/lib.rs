@@ -156,51 +156,90 @@ pub use choreo_macros::handler;
 #[doc(hidden)]
 pub mod __private {
     //! Support for generated code. Not public API.
+    //!
+    //! Each check the macros emit goes through one item here, so that a mistake is reported
+    //! once, on the user's token, in choreo's words (`#[diagnostic::on_unimplemented]`).
 
     pub use ::core;
     pub use ::inventory;
-    pub use ::schemars;
-    pub use ::serde;
     pub use ::std;
 
     pub use crate::event::{EventDescriptor, EventKey};
     pub use crate::handler::{HandlerInfo, StateMap, StateRequirement};
 
     use crate::error::HandlerError;
+    use crate::event::{Event, EventType};
+    use crate::handler::{Handler, State};
 
     /// The results a handler function may return.
     #[diagnostic::on_unimplemented(
         message = "a choreo handler must return `Result<(), E>` where `E: Into<HandlerError>`, or `()`",
-        label = "this return type is not allowed"
+        label = "this return type is not allowed",
+        note = "in `Result<(), E>`, `E` must be `HandlerError` or implement `std::error::Error + Send + Sync + 'static`"
     )]
     pub trait IntoHandlerResult {
         /// Converts the function's result.
         fn into_handler_result(self) -> Result<(), HandlerError>;
     }
 
+    #[diagnostic::do_not_recommend]
     impl IntoHandlerResult for () {
         fn into_handler_result(self) -> Result<(), HandlerError> {
             Ok(())
         }
     }
 
+    #[diagnostic::do_not_recommend]
     impl<E: Into<HandlerError>> IntoHandlerResult for Result<(), E> {
         fn into_handler_result(self) -> Result<(), HandlerError> {
             self.map_err(Into::into)
         }
     }
 
+    /// A type a handler may take as `State<T>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be shared handler state",
+        label = "`State<{Self}>` needs `{Self}: Clone + Send + Sync + 'static`",
+        note = "every call takes its own clone of the state: derive `Clone`, or share the value through an `Arc`"
+    )]
+    pub trait StateType: Clone + Send + Sync + 'static {}
+    impl<T: Clone + Send + Sync + 'static> StateType for T {}
+
+    /// One `State<T>` argument of a handler: what the service must provide, and how to take it.
+    pub struct StateSlot<T> {
+        /// Checked by the service at start-up.
+        pub requirement: StateRequirement,
+        /// Takes the value out of the service's state for one call.
+        pub take: fn(&StateMap) -> State<T>,
+    }
+
+    /// The slot of a `State<T>` argument; the only place its type is checked.
+    pub const fn state_slot<T: StateType>() -> StateSlot<T> {
+        StateSlot {
+            requirement: StateRequirement::of::<T>(),
+            take: state::<T>,
+        }
+    }
+
     /// Takes a `State<T>` argument from the service's state.
     ///
     /// The service checks at start-up that every state a handler takes is present.
-    pub fn state<T: Clone + Send + Sync + 'static>(state: &StateMap) -> crate::State<T> {
+    pub fn state<T: Clone + Send + Sync + 'static>(state: &StateMap) -> State<T> {
         match state.get::<T>() {
-            Some(value) => crate::State(value.clone()),
+            Some(value) => State(value.clone()),
             None => panic!(
                 "state `{}` missing: the service checks this at start-up",
                 std::any::type_name::<T>()
             ),
         }
+    }
+
+    /// A handler's declaration, with its event type taken from the impl, where it is checked.
+    pub fn handler_info<H: Handler>(
+        name: &'static str,
+        emits: &'static [EventType],
+    ) -> HandlerInfo {
+        HandlerInfo::new::<H::Event>(name, emits)
     }
 
     /// Proves a type is `Serialize`, in choreo's words.
@@ -209,7 +248,7 @@ pub mod __private {
         label = "add `#[derive(serde::Serialize)]` to this type",
         note = "events travel as JSON written by serde"
     )]
-    pub trait EventSerialize {}
+    pub trait EventSerialize: ::serde::Serialize {}
     impl<T: ::serde::Serialize> EventSerialize for T {}
 
     /// Proves a type is `Deserialize`, in choreo's words.
@@ -218,7 +257,7 @@ pub mod __private {
         label = "add `#[derive(serde::Deserialize)]` to this type",
         note = "events travel as JSON read by serde"
     )]
-    pub trait EventDeserialize {}
+    pub trait EventDeserialize: ::serde::de::DeserializeOwned {}
     impl<T: ::serde::de::DeserializeOwned> EventDeserialize for T {}
 
     /// Proves a type is `JsonSchema`, in choreo's words.
@@ -227,12 +266,21 @@ pub mod __private {
         label = "add `#[derive(schemars::JsonSchema)]` to this type",
         note = "every event publishes its JSON Schema as a contract for other teams"
     )]
-    pub trait EventJsonSchema {}
+    pub trait EventJsonSchema: ::schemars::JsonSchema {}
     impl<T: ::schemars::JsonSchema> EventJsonSchema for T {}
 
-    /// Checks the derives an event needs, each with its own message.
-    pub const fn assert_event_derives<T: EventSerialize + EventDeserialize + EventJsonSchema>() {}
+    /// The catalog entry of a derived event, and the one place its derives are checked.
+    ///
+    /// The derived `Event` impl states the same three bounds as a where clause, so a missing
+    /// derive is reported here, once, in the words above, and not again by the impl.
+    pub const fn descriptor<T>() -> EventDescriptor
+    where
+        T: EventSerialize + EventDeserialize + EventJsonSchema + Event,
+    {
+        EventDescriptor::of::<T>()
+    }
 
-    /// Checks a handler's future can move between threads.
-    pub fn assert_send<T: Send>(_: &T) {}
+    /// Checks a handler's future can move between threads. Named for the note rustc shows
+    /// under its own message, which it words itself for futures.
+    pub fn handler_future_must_be_send<F: Send>(_: &F) {}
 }

@@ -36,8 +36,11 @@ pub struct MemoryTransport {
     inner: Arc<Inner>,
 }
 
+/// Queues bound to each event name, with the version each binding reads.
+type Routes = HashMap<String, Vec<(u32, Arc<Queue>)>>;
+
 struct Inner {
-    routes: RwLock<HashMap<String, Vec<(u32, Arc<Queue>)>>>,
+    routes: RwLock<Routes>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     unroutable: Unroutable,
     published: Option<Mutex<Vec<Message>>>,
@@ -231,6 +234,44 @@ impl MemoryTransport {
             .as_ref()
             .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner).clone())
             .unwrap_or_default()
+    }
+
+    /// Waits until no queue has anything ready, in flight or waiting to be retried, polling
+    /// every millisecond. On the manual clock, waiting retries only fall due with
+    /// [`MemoryTransport::advance`]; see [`TestHarness::settle`](crate::testing::TestHarness::settle).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Other`] naming the busy queues when `timeout` passes first.
+    pub async fn wait_idle(&self, timeout: Duration) -> Result<(), TransportError> {
+        let deadline = Instant::now() + timeout;
+        while !self.is_idle() {
+            if Instant::now() >= deadline {
+                return Err(TransportError::Other {
+                    message: format!("not idle after {timeout:?}: {}", self.busy()),
+                    source: None,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// The queues with something ready, in flight or retrying, in words.
+    pub(crate) fn busy(&self) -> String {
+        self.queues()
+            .into_iter()
+            .filter_map(|q| {
+                let stats = self.stats(&q).ok()?;
+                (!stats.is_idle()).then(|| {
+                    format!(
+                        "`{q}` has {} ready, {} in flight, {} retrying",
+                        stats.ready, stats.in_flight, stats.retrying
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Moves the manual clock forward by `by`, releasing retries that fall due.
@@ -653,7 +694,10 @@ impl Delivery for MemoryDelivery {
     }
 
     async fn poison(mut self, failure: Failure) -> Result<(), TransportError> {
-        let message = self.take();
+        let mut message = self.take();
+        for (name, value) in failure.headers() {
+            message.meta.headers.insert(name, value);
+        }
         self.queue
             .lock_poisoned()
             .push(PoisonedMessage { message, failure });

@@ -5,10 +5,12 @@ use std::time::Duration;
 use crate::envelope::{Message, Metadata};
 use crate::transport::Failure;
 
-/// Receives one [`Observation`] for every settled run of a handler.
+/// Receives one [`Observation`] for every outcome of a handler.
 ///
 /// Register observers with [`Service::observe`](crate::Service::observe): a timeline for a
 /// demo, metrics, assertions in tests. Calls happen on the handling task, so keep them short.
+/// An observer hears of an outcome just before the message is settled with the broker; if
+/// settling then fails, an [`Outcome::SettleFailed`] follows and the broker redelivers.
 pub trait Observer: Send + Sync + 'static {
     /// Called once per outcome.
     fn observe(&self, observation: &Observation<'_>);
@@ -40,7 +42,7 @@ pub struct Observation<'a> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome<'a> {
-    /// The handler succeeded, its events were confirmed, and the message was acknowledged.
+    /// The handler succeeded and its events were confirmed; the message is acknowledged.
     Handled {
         /// The follow-up events it published.
         published: &'a [Message],
@@ -64,7 +66,7 @@ pub enum Outcome<'a> {
         /// How long until it is tried again.
         delay: Duration,
     },
-    /// The message was moved to the poison queue.
+    /// The message is moved to the poison queue.
     Poisoned(&'a Failure),
     /// Settling the message with the broker failed; the broker will redeliver it.
     SettleFailed {

@@ -724,10 +724,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     Ok(Claim::Claimed) => claimed = Some(invocation.key),
                     Ok(Claim::Done) => {
                         drop(invocation.future);
-                        match delivery.ack().await {
-                            Ok(()) => self.emit(Some(ctx.meta()), Outcome::Duplicate, started),
-                            Err(error) => self.settle_failed(Some(ctx.meta()), &error, started),
-                        }
+                        self.settle(
+                            Some(ctx.meta()),
+                            Outcome::Duplicate,
+                            delivery.ack(),
+                            started,
+                        )
+                        .await;
                         return;
                     }
                     Ok(Claim::InProgress) => {
@@ -763,16 +766,11 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     match self.transport.publish_all(outbox.messages).await {
                         Ok(()) => {
                             self.complete(claimed.as_ref(), id_key).await;
-                            match delivery.ack().await {
-                                Ok(()) => self.emit(
-                                    Some(ctx.meta()),
-                                    Outcome::Handled {
-                                        published: &published,
-                                    },
-                                    started,
-                                ),
-                                Err(error) => self.settle_failed(Some(ctx.meta()), &error, started),
-                            }
+                            let outcome = Outcome::Handled {
+                                published: &published,
+                            };
+                            self.settle(Some(ctx.meta()), outcome, delivery.ack(), started)
+                                .await;
                             return;
                         }
                         Err(error) => {
@@ -814,19 +812,14 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     tiers_passed: meta.retry_tier + 1,
                     first_failure: failures.first.unwrap_or_else(SystemTime::now),
                 };
-                match delivery.retry(retry).await {
-                    Ok(()) => self.emit(
-                        Some(meta),
-                        Outcome::Retrying {
-                            attempt: failures.attempt,
-                            error: &failures.last_error,
-                            tier: Some(tier),
-                            delay,
-                        },
-                        started,
-                    ),
-                    Err(error) => self.settle_failed(Some(meta), &error, started),
-                }
+                let outcome = Outcome::Retrying {
+                    attempt: failures.attempt,
+                    error: &failures.last_error,
+                    tier: Some(tier),
+                    delay,
+                };
+                self.settle(Some(meta), outcome, delivery.retry(retry), started)
+                    .await;
             }
             None => {
                 let failure = self.failure(
@@ -890,17 +883,9 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             // No delayed tier to wait in: pause, so as not to spin on the key, and hand the
             // message back for a later delivery.
             tokio::time::sleep(DEFER_PAUSE).await;
-            let result = delivery.requeue().await;
-            match result {
-                Ok(()) => self.emit(
-                    Some(meta),
-                    Outcome::Deferred {
-                        delay: Duration::ZERO,
-                    },
-                    started,
-                ),
-                Err(error) => self.settle_failed(Some(meta), &error, started),
-            }
+            let outcome = Outcome::Deferred { delay: DEFER_PAUSE };
+            self.settle(Some(meta), outcome, delivery.requeue(), started)
+                .await;
             return;
         };
         let retry = Retry {
@@ -910,10 +895,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             tiers_passed: meta.retry_tier,
             first_failure: failures.first.unwrap_or_else(SystemTime::now),
         };
-        match delivery.retry(retry).await {
-            Ok(()) => self.emit(Some(meta), Outcome::Deferred { delay }, started),
-            Err(error) => self.settle_failed(Some(meta), &error, started),
-        }
+        self.settle(
+            Some(meta),
+            Outcome::Deferred { delay },
+            delivery.retry(retry),
+            started,
+        )
+        .await;
     }
 
     async fn release(&self, claimed: Option<&Option<String>>, id_key: &str) {
@@ -973,10 +961,26 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             error = %failure.message,
             "message poisoned"
         );
-        let observed = failure.clone();
-        match delivery.poison(failure).await {
-            Ok(()) => self.emit(meta, Outcome::Poisoned(&observed), started),
-            Err(error) => self.settle_failed(meta, &error, started),
+        self.emit(meta, Outcome::Poisoned(&failure), started);
+        if let Err(error) = delivery.poison(failure).await {
+            self.settle_failed(meta, &error, started);
+        }
+    }
+
+    /// Tells the observers, then settles the message with the broker.
+    ///
+    /// Observers hear first so that whoever waits for the queue to drain has seen every
+    /// outcome by then; a failed settle follows as [`Outcome::SettleFailed`].
+    async fn settle(
+        &self,
+        meta: Option<&crate::envelope::Metadata>,
+        outcome: Outcome<'_>,
+        settle: impl Future<Output = Result<(), TransportError>>,
+        started: Instant,
+    ) {
+        self.emit(meta, outcome, started);
+        if let Err(error) = settle.await {
+            self.settle_failed(meta, &error, started);
         }
     }
 

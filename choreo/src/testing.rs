@@ -204,28 +204,11 @@ impl TestHarness {
             if started.elapsed() > self.timeout {
                 return Err(SettleTimeout {
                     waited: started.elapsed(),
-                    busy: self.busy_queues(),
+                    busy: self.transport.busy(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    }
-
-    fn busy_queues(&self) -> String {
-        self.transport
-            .queues()
-            .into_iter()
-            .filter_map(|q| {
-                let stats = self.transport.stats(&q).ok()?;
-                (!stats.is_idle()).then(|| {
-                    format!(
-                        "`{q}` has {} ready, {} in flight, {} retrying",
-                        stats.ready, stats.in_flight, stats.retrying
-                    )
-                })
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
     }
 
     /// Moves the clock forward by `by`, releasing delayed retries that fall due.

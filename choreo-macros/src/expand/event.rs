@@ -12,21 +12,27 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
     let model = EventInput::from_ast(&cx, input);
     let ident = model.ident;
+    let container = &model.container;
 
-    let name = match &model.container.name {
+    let name = match &container.name {
         Some(lit) => literal_name(&cx, lit),
         None => {
-            cx.error_spanned_by(
-                ident,
-                "missing event name: add `#[choreo(name = \"<domain>.<event>\", version = 1)]`, e.g. `name = \"orders.order-placed\"`",
-            );
+            if !container.name_attempted {
+                let message = if container.has_attr {
+                    "missing event name: add `name = \"<domain>.<event>\"` to `#[choreo(...)]`, e.g. `name = \"orders.order-placed\"`"
+                } else {
+                    "missing event name: add `#[choreo(name = \"<domain>.<event>\", version = 1)]`, e.g. `name = \"orders.order-placed\"`"
+                };
+                cx.error_spanned_by(ident, message);
+            }
             None
         }
     };
-    let version = match &model.container.version {
+    let version = match &container.version {
         Some(lit) => literal_version(&cx, lit),
         None => {
-            if model.container.name.is_some() {
+            // Without an attribute at all, the missing name's message asks for both.
+            if container.has_attr && !container.version_attempted {
                 cx.error_spanned_by(
                     ident,
                     "missing event version: add `version = 1` to `#[choreo(...)]`",
@@ -35,7 +41,7 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
             None
         }
     };
-    let krate = super::crate_path(model.container.krate.as_ref());
+    let krate = super::crate_path(container.krate.as_ref());
     let errors = cx.check();
     if !model.implementable {
         return errors.unwrap_or_default();
@@ -54,41 +60,56 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let key = model.key.as_ref().map(|key| {
         let member = &key.member;
         let field = &key.name;
-        let key_fn = quote_spanned! {key.ty.span()=>
-            fn key(&self) -> ::core::option::Option<::std::string::String> {
-                #krate::__private::EventKey::to_key(&self.#member)
-            }
+        let ty = key.ty;
+        // The qualified path puts the `EventKey` check on the field's type, and only there.
+        let to_key = quote_spanned! {ty.span()=>
+            <#ty as #krate::__private::EventKey>::to_key
         };
         quote! {
             const KEY_FIELD: ::core::option::Option<&'static str> =
                 ::core::option::Option::Some(#field);
-            #key_fn
-        }
-    });
-
-    let derive_checks = quote_spanned! {ident.span()=>
-        const _: () = #krate::__private::assert_event_derives::<#ident>();
-    };
-    let register = valid.then(|| {
-        quote! {
-            #krate::__private::inventory::submit! {
-                #krate::__private::EventDescriptor::of::<#ident>()
+            fn key(&self) -> ::core::option::Option<::std::string::String> {
+                #to_key(&self.#member)
             }
         }
     });
 
+    // The serde and schemars derives are checked once, by `descriptor`, in choreo's words.
+    // The impl states them as a where clause so that it does not report them again; the
+    // `for<'__choreo>` keeps the bound from being rejected as trivially false on stable.
+    let descriptor = quote_spanned! {ident.span()=>
+        #krate::__private::descriptor::<#ident>()
+    };
+    // A stub is checked but not recorded in the catalog.
+    let register = if valid {
+        quote! {
+            const DESCRIPTOR: #krate::__private::EventDescriptor = #descriptor;
+            #krate::__private::inventory::submit! { DESCRIPTOR }
+        }
+    } else {
+        quote! {
+            const _: #krate::__private::EventDescriptor = #descriptor;
+        }
+    };
+
     quote! {
         #errors
-        #derive_checks
         const _: () = {
             #[automatically_derived]
-            impl #krate::Event for #ident {
+            #[diagnostic::do_not_recommend]
+            impl #krate::Event for #ident
+            where
+                for<'__choreo> #ident: #krate::__private::EventSerialize
+                    + #krate::__private::EventDeserialize
+                    + #krate::__private::EventJsonSchema,
+            {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
                 const DOMAIN: &'static str = #domain;
                 const ROUTING_KEY: &'static str = #routing_key;
                 #key
             }
+
             #register
         };
     }

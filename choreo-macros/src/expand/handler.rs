@@ -1,6 +1,6 @@
 //! `#[handler]`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{ItemFn, ReturnType};
@@ -10,10 +10,10 @@ use crate::attr::HandlerArgs;
 use crate::check;
 use crate::ctxt::Ctxt;
 
-pub(crate) fn expand(args: TokenStream, function: ItemFn) -> TokenStream {
+pub(crate) fn expand(args: TokenStream, function: &ItemFn) -> TokenStream {
     let cx = Ctxt::new();
     let args = HandlerArgs::parse(&cx, args);
-    let model = HandlerInput::from_ast(&cx, args, &function);
+    let model = HandlerInput::from_ast(&cx, args, function);
 
     let name = match &model.args.name {
         Some(lit) => {
@@ -34,7 +34,7 @@ pub(crate) fn expand(args: TokenStream, function: ItemFn) -> TokenStream {
             Err(why) => {
                 cx.error_spanned_by(
                     lit,
-                    format!("invalid timeout: {why}; write a whole number with `ms`, `s`, `m` or `h`, e.g. `timeout = \"30s\"`"),
+                    format!("invalid timeout `{}`: {why}; write a whole number followed by `ms`, `s`, `m` or `h`, e.g. `timeout = \"30s\"`", lit.value()),
                 );
                 None
             }
@@ -48,7 +48,10 @@ pub(crate) fn expand(args: TokenStream, function: ItemFn) -> TokenStream {
             .and_then(|lit| match lit.base10_parse::<u16>() {
                 Ok(n) if n > 0 => Some(usize::from(n)),
                 _ => {
-                    cx.error_spanned_by(lit, "concurrency must be from 1 to 65535");
+                    cx.error_spanned_by(
+                        lit,
+                        "`concurrency` is how many messages the handler works on at once: write a number from 1 to 65535, e.g. `concurrency = 8`",
+                    );
                     None
                 }
             });
@@ -94,26 +97,47 @@ fn generate(
             }
         }
     });
-    let states: Vec<_> = model
+    // Each `State<T>` is checked once, where its slot is made; the requirement the service
+    // verifies and the call that takes the value both come from the slot.
+    let mut slots = Vec::new();
+    let mut slot_defs = Vec::new();
+    for (index, ty) in model
         .extras
         .iter()
         .filter_map(|e| match e {
             Extra::State(ty) => Some(*ty),
             Extra::Context => None,
         })
-        .collect();
-    let state_reqs = states.iter().map(|ty| {
-        quote_spanned! {ty.span()=> #krate::__private::StateRequirement::of::<#ty>() }
-    });
+        .enumerate()
+    {
+        let slot = format_ident!("__CHOREO_STATE_{}", index);
+        let private = respan(quote!(#krate::__private), ty.span());
+        slot_defs.push(quote_spanned! {ty.span()=>
+            const #slot: #private::StateSlot<#ty> = #private::state_slot::<#ty>();
+        });
+        slots.push(slot);
+    }
     let ctx = format_ident!("__choreo_ctx");
     let state = format_ident!("__choreo_state");
-    let arguments = model.extras.iter().map(|e| match e {
-        Extra::Context => quote!(#ctx),
-        Extra::State(ty) => quote!(#krate::__private::state::<#ty>(#state)),
+    let mut next_slot = slots.iter();
+    let arguments: Vec<_> = model
+        .extras
+        .iter()
+        .map(|e| match e {
+            Extra::Context => quote!(#ctx),
+            Extra::State(_) => {
+                let slot = next_slot.next();
+                quote!((#slot.take)(#state))
+            }
+        })
+        .collect();
+    let retry = retry.as_ref().map(|expr| {
+        let policy = respan(quote!(#krate::RetryPolicy), expr.span());
+        quote_spanned! {expr.span()=>
+            let __choreo_retry: #policy = #expr;
+            let info = info.retry(__choreo_retry);
+        }
     });
-    let retry = retry
-        .as_ref()
-        .map(|expr| quote!(let info = info.retry(#expr);));
     let timeout = timeout_ms
         .map(|ms| quote!(let info = info.timeout(::core::time::Duration::from_millis(#ms));));
     let concurrency = concurrency.map(|n| quote!(let info = info.concurrency(#n);));
@@ -125,15 +149,29 @@ fn generate(
         inner
     };
     let event_assoc = quote_spanned! {event.span()=> type Event = #event; };
-    let output_span = match &function.sig.output {
-        ReturnType::Default => function.sig.ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
+    let into_result = match &function.sig.output {
+        ReturnType::Default => {
+            quote!(#krate::__private::IntoHandlerResult::into_handler_result(future.await))
+        }
+        // Naming the type puts the check on all of it; `impl Trait` cannot be named so.
+        ReturnType::Type(_, ty) if !matches!(**ty, syn::Type::ImplTrait(_)) => {
+            let span = ty.span();
+            let into = respan(quote!(#krate::__private::IntoHandlerResult), span);
+            quote_spanned!(span=> <#ty as #into>::into_handler_result(future.await))
+        }
+        ReturnType::Type(_, ty) => {
+            let span = ty.span();
+            let into = respan(
+                quote!(#krate::__private::IntoHandlerResult::into_handler_result),
+                span,
+            );
+            quote_spanned!(span=> #into(future.await))
+        }
     };
-    let into_result = quote_spanned! {output_span=>
-        #krate::__private::IntoHandlerResult::into_handler_result(future.await)
-    };
-    let assert_send = quote_spanned! {function.sig.ident.span()=>
-        #krate::__private::assert_send(&future);
+    let assert_send = {
+        let span = function.sig.ident.span();
+        let assert = respan(quote!(#krate::__private::handler_future_must_be_send), span);
+        quote_spanned!(span=> #assert(&future);)
     };
 
     quote! {
@@ -145,14 +183,17 @@ fn generate(
         const _: () = {
             #inner
 
+            #(#slot_defs)*
+
             #[automatically_derived]
             impl #krate::Handler for #ident {
                 #event_assoc
 
                 fn info(&self) -> #krate::HandlerInfo {
                     const EMITS: &[#krate::EventType] = &[#(#emitted),*];
-                    const STATE: &[#krate::__private::StateRequirement] = &[#(#state_reqs),*];
-                    let info = #krate::HandlerInfo::new::<#event>(#name, EMITS).state(STATE);
+                    const STATE: &[#krate::__private::StateRequirement] =
+                        &[#(#slots.requirement),*];
+                    let info = #krate::__private::handler_info::<Self>(#name, EMITS).state(STATE);
                     #retry
                     #timeout
                     #concurrency
@@ -175,4 +216,21 @@ fn generate(
             }
         };
     }
+}
+
+/// The same tokens, all spanned on `span`, so that an error about them lands there.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }

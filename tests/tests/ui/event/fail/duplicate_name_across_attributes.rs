@@ -1,0 +1,11 @@
+use choreo::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[choreo(name = "orders.order-placed", version = 1)]
+#[choreo(name = "orders.order-created")]
+struct OrderPlaced {
+    order_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use choreo::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[choreo(name = "orders.order-placed", version = 1)]
+struct OrderPlaced {
+    #[choreo(key)]
+    order_id: u64,
+    #[choreo(key)]
+    customer_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use choreo::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[choreo(name = "orders.order-placed", version = 0)]
+struct OrderPlaced {
+    order_id: u64,
+}
+
+fn main() {}

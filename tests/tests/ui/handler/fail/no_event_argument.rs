@@ -1,0 +1,8 @@
+use choreo::{HandlerError, handler};
+
+#[handler]
+async fn tick() -> Result<(), HandlerError> {
+    Ok(())
+}
+
+fn main() {}
