@@ -284,7 +284,7 @@ impl Delivery for AmqpDelivery {
             (headers::ATTEMPT, AMQPValue::LongUInt(retry.attempt)),
             (headers::RETRY_TIER, AMQPValue::LongUInt(retry.tiers_passed)),
             (
-                headers::failure::FIRST_AT,
+                headers::FIRST_FAILURE,
                 wire::string(Rfc3339(retry.first_failure).to_string()),
             ),
         ];

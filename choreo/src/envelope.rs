@@ -40,6 +40,8 @@ pub mod headers {
     pub const ATTEMPT: &str = "choreo-attempt";
     /// Delayed retry tiers this message has passed through.
     pub const RETRY_TIER: &str = "choreo-retry-tier";
+    /// When the first failed run happened, RFC 3339 UTC; carried through retry tiers.
+    pub const FIRST_FAILURE: &str = "choreo-first-failure";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
@@ -53,7 +55,8 @@ pub mod headers {
         pub const KIND: &str = "choreo-failure-kind";
         /// The last error, at most 1024 bytes.
         pub const MESSAGE: &str = "choreo-failure-message";
-        /// How many times the handler ran.
+        /// How many runs of the handler failed: 0 when the message never reached it
+        /// (`decode`, `unknown-version`, `too-large`, `malformed`).
         pub const ATTEMPTS: &str = "choreo-failure-attempts";
         /// First failure, RFC 3339 UTC.
         pub const FIRST_AT: &str = "choreo-failure-first-at";
@@ -63,6 +66,18 @@ pub mod headers {
         pub const EXCHANGE: &str = "choreo-failure-exchange";
         /// The routing key the message was first published with.
         pub const ROUTING_KEY: &str = "choreo-failure-routing-key";
+
+        /// Every failure header, in the order they are written.
+        pub const ALL: [&str; 8] = [
+            HANDLER,
+            KIND,
+            MESSAGE,
+            ATTEMPTS,
+            FIRST_AT,
+            LAST_AT,
+            EXCHANGE,
+            ROUTING_KEY,
+        ];
     }
 }
 

@@ -31,6 +31,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A running consumer stopped by crashing; its messages went back to the broker.
+    #[error("service `{service}`: the consumer of `{queue}` crashed")]
+    Crashed {
+        /// The service.
+        service: String,
+        /// The handler queue.
+        queue: String,
+    },
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),

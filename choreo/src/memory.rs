@@ -210,7 +210,10 @@ impl MemoryTransport {
         for PoisonedMessage { mut message, .. } in poisoned {
             message.meta.attempt = 0;
             message.meta.retry_tier = 0;
-            message.meta.headers.remove(headers::failure::FIRST_AT);
+            message.meta.headers.remove(headers::FIRST_FAILURE);
+            for name in headers::failure::ALL {
+                message.meta.headers.remove(name);
+            }
             queue.enqueue(message);
         }
         Ok(count)
@@ -684,7 +687,7 @@ impl Delivery for MemoryDelivery {
         message.meta.attempt = retry.attempt;
         message.meta.retry_tier = retry.tiers_passed;
         message.meta.headers.insert(
-            headers::failure::FIRST_AT,
+            headers::FIRST_FAILURE,
             Rfc3339(retry.first_failure).to_string(),
         );
         self.inner

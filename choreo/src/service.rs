@@ -374,17 +374,35 @@ impl<S: IdempotencyStore> Service<S> {
         })
     }
 
-    /// Starts the service and runs it until `shutdown` resolves, then shuts it down gracefully.
+    /// Starts the service and runs it until Ctrl-C or, on Unix, `SIGTERM`; then shuts it down
+    /// gracefully.
     ///
     /// ```no_run
     /// # async fn run(service: choreo::Service, transport: choreo::MemoryTransport) -> choreo::Result<()> {
-    /// service.run_until(&transport, tokio::signal::ctrl_c()).await
+    /// service.run(&transport).await
     /// # }
     /// ```
     ///
     /// # Errors
     ///
-    /// As [`Service::start`], and [`Error::Transport`] when a consumer stops on its own.
+    /// As [`Service::start`] and [`RunningService::shutdown`].
+    pub async fn run<T: Transport>(self, transport: &T) -> Result<()> {
+        self.run_until(transport, shutdown_signal()).await
+    }
+
+    /// Starts the service and runs it until `shutdown` resolves, then shuts it down gracefully.
+    ///
+    /// ```no_run
+    /// # async fn run(service: choreo::Service, transport: choreo::MemoryTransport) -> choreo::Result<()> {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// service.run_until(&transport, stopped).await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Service::start`] and [`RunningService::shutdown`].
     pub async fn run_until<T: Transport, F: Future + Send>(
         self,
         transport: &T,
@@ -413,6 +431,31 @@ impl<S> fmt::Debug for Service<S> {
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
+}
+
+/// Resolves on Ctrl-C or, on Unix, `SIGTERM`: what process managers send to stop a service.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
 }
 
 fn check_settings(
@@ -483,7 +526,7 @@ impl RunningService {
     ///
     /// # Errors
     ///
-    /// [`Error::Startup`] naming the queue when a consumer task had crashed.
+    /// [`Error::Crashed`] naming the queue when a consumer task had crashed.
     ///
     /// # Cancel safety
     ///
@@ -514,9 +557,9 @@ impl RunningService {
         }
         tracing::info!(service = %self.name, "service stopped");
         match crashed {
-            Some(queue) => Err(Error::Startup {
+            Some(queue) => Err(Error::Crashed {
                 service: self.name.to_string(),
-                reason: format!("the consumer of `{queue}` crashed"),
+                queue,
             }),
             None => Ok(()),
         }
@@ -674,7 +717,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             first: message
                 .meta
                 .headers
-                .get(headers::failure::FIRST_AT)
+                .get(headers::FIRST_FAILURE)
                 .and_then(parse_rfc3339),
             last_error: String::new(),
         };
@@ -752,9 +795,11 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
 
             let result = self.run(invocation.future).await;
             let outbox = ctx.finish();
-            let result = match (result, outbox.undeclared) {
-                (Ok(()), Some(undeclared)) => Err(HandlerError::permanent(undeclared)),
-                (result, _) => result,
+            // Publishing an undeclared event is a bug in the handler, not bad luck: the run
+            // fails permanently whatever the handler made of the error.
+            let result = match outbox.undeclared {
+                Some(undeclared) => Err(HandlerError::permanent(undeclared)),
+                None => result,
             };
             match result {
                 Ok(()) => {

@@ -285,7 +285,7 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The last error, cut to [`MAX_FAILURE_MESSAGE`] bytes.
     pub message: String,
-    /// How many times the handler ran.
+    /// How many runs of the handler failed (0 when the message never reached it).
     pub attempts: u32,
     /// The first failure.
     pub first_failed_at: SystemTime,

@@ -498,6 +498,36 @@ async fn publishing_an_undeclared_event_is_rejected() {
     h.shutdown().await.unwrap();
 }
 
+#[handler(name = "charge", emits(PaymentCaptured))]
+async fn propagates_undeclared(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    ctx.publish(&InvoiceSent {
+        order_id: order.order_id,
+    })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_undeclared_emit_returned_with_question_mark_is_not_retried() {
+    let mut h = TestHarness::new();
+    h.start(
+        Service::new("billing")
+            .handler(propagates_undeclared)
+            .retry_policy(fast_retries()),
+    )
+    .await
+    .unwrap();
+
+    h.publish(&order(1)).await.unwrap();
+    h.settle().await.unwrap();
+
+    assert_eq!(h.retries(QUEUE), 0, "a bug is not retried");
+    let poisoned = h.poisoned(QUEUE);
+    assert_eq!(poisoned.len(), 1);
+    assert_eq!(poisoned[0].failure.kind, FailureKind::Permanent);
+    assert_eq!(poisoned[0].failure.attempts, 1);
+    h.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_bodies_unknown_versions_and_oversized_messages_are_poisoned_without_retries() {
     let mut h = TestHarness::new();

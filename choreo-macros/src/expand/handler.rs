@@ -26,7 +26,16 @@ pub(crate) fn expand(args: TokenStream, function: &ItemFn) -> TokenStream {
             }
             value
         }
-        None => check::kebab_case(&function.sig.ident.to_string()),
+        None => {
+            let value = check::kebab_case(&function.sig.ident.to_string());
+            if let Err(why) = check::kebab(&value) {
+                cx.error_spanned_by(
+                    &function.sig.ident,
+                    format!("the handler name `{value}` taken from this function's name {why}; name the function in snake_case or set `#[handler(name = \"...\")]` in lower kebab-case"),
+                );
+            }
+            value
+        }
     };
     let timeout_ms = model.args.timeout.as_ref().and_then(|lit| {
         match check::duration(&lit.value()) {
