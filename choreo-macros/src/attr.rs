@@ -75,7 +75,7 @@ impl<'c, T> Attr<'c, T> {
     }
 }
 
-const CONTAINER_KEYS: &[&str] = &["name", "version", "crate"];
+const CONTAINER_KEYS: &[&str] = &["name", "version", "upcast_from", "crate"];
 const FIELD_KEYS: &[&str] = &["key"];
 
 /// `#[choreo(...)]` on an event type.
@@ -83,6 +83,8 @@ pub(crate) struct Container {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitInt>,
     pub(crate) krate: Option<Path>,
+    /// Older versions of the event this type reads, each converted with `From`.
+    pub(crate) upcast_from: Vec<Type>,
     /// Whether the type has a `#[choreo(...)]` attribute at all.
     pub(crate) has_attr: bool,
     /// Whether a name was attempted: written with a bad value, under a misspelt key, or in
@@ -97,6 +99,7 @@ impl Container {
         let mut name = Attr::none(cx, "choreo", "name");
         let mut version = Attr::none(cx, "choreo", "version");
         let mut krate = Attr::none(cx, "choreo", "crate");
+        let mut upcast_from = Attr::none(cx, "choreo", "upcast_from");
         let mut has_attr = false;
         let mut name_attempted = false;
         let mut version_attempted = false;
@@ -112,6 +115,20 @@ impl Container {
                     match int_value(cx, &meta, "version", "1")? {
                         Some(lit) => version.set(&meta.path, lit),
                         None => version.set_invalid(&meta.path),
+                    }
+                } else if meta.path.is_ident("upcast_from") {
+                    if !meta.input.peek(syn::token::Paren) {
+                        skip_value(&meta)?;
+                        upcast_from.set_invalid(&meta.path);
+                        cx.error_spanned_by(
+                            &meta.path,
+                            "`upcast_from` lists the older versions this type reads, in parentheses: `upcast_from(OrderPlacedV1)`",
+                        );
+                    } else {
+                        let content;
+                        syn::parenthesized!(content in meta.input);
+                        let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)?;
+                        upcast_from.set(&meta.path, types.into_iter().collect::<Vec<_>>());
                     }
                 } else if meta.path.is_ident("crate") {
                     match string_value(cx, &meta, "crate", "\"::my_platform::choreo\"")? {
@@ -165,6 +182,7 @@ impl Container {
             name: name.get(),
             version: version.get(),
             krate: krate.get(),
+            upcast_from: upcast_from.get().unwrap_or_default(),
             has_attr,
         }
     }

@@ -105,7 +105,37 @@ pub use transport::{Failure, FailureKind, Transport};
 /// - `name = "<domain>.<event>"` (required): lower kebab-case segments separated by dots;
 ///   the first segment is the owning domain.
 /// - `version = N` (required): a positive integer.
+/// - `upcast_from(OlderV1, OlderV2, ...)`: older versions of the same event this type also
+///   reads, each converted with `From`. A handler of this type consumes them all, and its
+///   queue is bound to every version's routing key.
 /// - `crate = "path"`: where to find `choreo` when it is re-exported under another name.
+///
+/// ```
+/// # use choreo::Event;
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[choreo(name = "orders.order-placed", version = 1)]
+/// pub struct OrderPlacedV1 {
+///     pub order_id: u64,
+///     pub total_cents: u64,
+/// }
+///
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[choreo(name = "orders.order-placed", version = 2, upcast_from(OrderPlacedV1))]
+/// pub struct OrderPlaced {
+///     pub order_id: u64,
+///     pub total_cents: u64,
+///     pub currency: String,
+/// }
+///
+/// impl From<OrderPlacedV1> for OrderPlaced {
+///     fn from(v1: OrderPlacedV1) -> Self {
+///         Self { order_id: v1.order_id, total_cents: v1.total_cents, currency: "EUR".into() }
+///     }
+/// }
+///
+/// assert_eq!(OrderPlaced::READS, &[2, 1]);
+/// ```
 ///
 /// Field attributes: `#[choreo(key)]` on at most one field marks the business idempotency
 /// key; its type must implement [`EventKey`].
@@ -219,6 +249,27 @@ pub mod __private {
             requirement: StateRequirement::of::<T>(),
             take: state::<T>,
         }
+    }
+
+    /// Decodes a JSON body into `E`.
+    pub fn decode_json<E: crate::Event>(body: &[u8]) -> Result<E, crate::DecodeError> {
+        serde_json::from_slice(body).map_err(crate::DecodeError::Body)
+    }
+
+    /// Whether two strings are equal, in a constant.
+    pub const fn same_str(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
     }
 
     /// Takes a `State<T>` argument from the service's state.

@@ -74,6 +74,48 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
         }
     });
 
+    let upcasts = (!container.upcast_from.is_empty()).then(|| {
+        let older = &container.upcast_from;
+        let checks = older.iter().map(|ty| {
+            quote_spanned! {ty.span()=>
+                ::core::assert!(
+                    #krate::__private::same_str(<#ty as #krate::Event>::NAME, #name),
+                    "`upcast_from` names an event of another name: an upcast reads an older version of the same event",
+                );
+                ::core::assert!(
+                    <#ty as #krate::Event>::VERSION < #version,
+                    "`upcast_from` names a version that is not older than this one",
+                );
+            }
+        });
+        let branches = older.iter().map(|ty| {
+            quote_spanned! {ty.span()=>
+                if <#ty as #krate::Event>::READS.contains(&version) {
+                    return <#ty as #krate::Event>::decode(version, body)
+                        .map(<Self as ::core::convert::From<#ty>>::from);
+                }
+            }
+        });
+        quote! {
+            const READS: &'static [u32] = &[#version #(, <#older as #krate::Event>::VERSION)*];
+
+            fn decode(
+                version: u32,
+                body: &[u8],
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                const _: () = { #(#checks)* };
+                if version == #version {
+                    return #krate::__private::decode_json(body);
+                }
+                #(#branches)*
+                ::core::result::Result::Err(#krate::DecodeError::UnknownVersion {
+                    name: #name,
+                    version,
+                })
+            }
+        }
+    });
+
     // The serde and schemars derives are checked once, by `descriptor`, in choreo's words.
     // The impl states them as a where clause so that it does not report them again; the
     // `for<'__choreo>` keeps the bound from being rejected as trivially false on stable.
@@ -108,6 +150,7 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
                 const DOMAIN: &'static str = #domain;
                 const ROUTING_KEY: &'static str = #routing_key;
                 #key
+                #upcasts
             }
 
             #register
