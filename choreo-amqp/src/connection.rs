@@ -142,6 +142,11 @@ impl Link {
         }
     }
 
+    /// Whether the link has a live connection right now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live().is_some()
+    }
+
     /// Reports the connection of `generation` broken; the next [`Link::get`] replaces it.
     pub(crate) async fn broken(&self, generation: u64) {
         let dead = {

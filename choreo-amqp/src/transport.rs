@@ -152,4 +152,8 @@ impl Transport for AmqpTransport {
     async fn consume(&self, queue: &QueueSpec) -> Result<AmqpConsumer, TransportError> {
         Ok(AmqpConsumer::new(Arc::clone(&self.shared), queue))
     }
+
+    fn is_connected(&self) -> bool {
+        self.shared.publishing.link.is_live() && self.shared.consume.is_live()
+    }
 }

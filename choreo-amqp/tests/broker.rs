@@ -14,7 +14,7 @@ use choreo::{
 use choreo_amqp::{AmqpConfig, AmqpError, AmqpTransport, QueueType};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use support::{Broker, Effects, OrderPlaced, PaymentCaptured, eventually, order};
+use support::{Broker, Effects, OrderPlaced, OrderShipped, PaymentCaptured, eventually, order};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -550,5 +550,114 @@ async fn shutdown_returns_in_flight_messages_to_the_broker() {
     assert!(eventually(WAIT, || effects.distinct() == 10).await);
     running.shutdown().await.unwrap();
     assert_eq!(effects.total(), 10);
+    broker.clean_up().await;
+}
+
+/// Trace ids each hop saw, in order of arrival.
+#[derive(Clone, Default)]
+struct Traces(Arc<Mutex<Vec<(&'static str, u128)>>>);
+
+#[handler(name = "capture", emits(PaymentCaptured))]
+async fn capture(
+    order: OrderPlaced,
+    ctx: Context,
+    State(traces): State<Traces>,
+) -> Result<(), HandlerError> {
+    traces
+        .0
+        .lock()
+        .unwrap()
+        .push(("capture", ctx.trace().trace_id));
+    ctx.publish(&PaymentCaptured {
+        order_id: order.order_id,
+    })?;
+    Ok(())
+}
+
+#[handler(name = "ship", emits(OrderShipped))]
+async fn ship(
+    captured: PaymentCaptured,
+    ctx: Context,
+    State(traces): State<Traces>,
+) -> Result<(), HandlerError> {
+    traces
+        .0
+        .lock()
+        .unwrap()
+        .push(("ship", ctx.trace().trace_id));
+    ctx.publish(&OrderShipped {
+        order_id: captured.order_id,
+    })?;
+    Ok(())
+}
+
+#[handler(name = "announce")]
+async fn announce(shipped: OrderShipped, ctx: Context, State(traces): State<Traces>) {
+    let _ = shipped;
+    traces
+        .0
+        .lock()
+        .unwrap()
+        .push(("announce", ctx.trace().trace_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_across_three_hops_and_health() {
+    let mut broker = Broker::new().await;
+    let traces = Traces::default();
+    let mut running = Vec::new();
+    for (suffix, service) in [
+        (
+            "billing",
+            Service::new(format!("{}-billing", broker.service)).handler(capture),
+        ),
+        (
+            "shipping",
+            Service::new(format!("{}-shipping", broker.service)).handler(ship),
+        ),
+        (
+            "mailer",
+            Service::new(format!("{}-mailer", broker.service)).handler(announce),
+        ),
+    ] {
+        let service = service.state(traces.clone());
+        broker.track(&service);
+        let started = service.start(&broker.transport).await.unwrap();
+        assert!(started.health().ready, "{suffix} is ready");
+        running.push(started);
+    }
+
+    let caller = choreo::trace::TraceContext::root();
+    broker
+        .transport
+        .publisher("web")
+        .publish_with(
+            &order(1),
+            PublishOptions::default().header(headers::TRACEPARENT, caller.to_string()),
+        )
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || traces.0.lock().unwrap().len() == 3).await);
+    let seen = traces.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("capture", caller.trace_id),
+            ("ship", caller.trace_id),
+            ("announce", caller.trace_id)
+        ]
+    );
+
+    let health = running[0].health();
+    assert!(health.live && health.connected);
+    broker.transport.close().await;
+    let health = running[0].health();
+    assert!(
+        !health.connected && !health.ready,
+        "a closed transport is not ready"
+    );
+    for service in running {
+        service.shutdown().await.unwrap();
+    }
     broker.clean_up().await;
 }

@@ -296,7 +296,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     println!();
     println!(
-        "{:>5}  {:>13} {:>10} {:>11}  {:>13} {:>10} {:>11}  {:>13}",
+        "{:>5}  {:>13} {:>10} {:>9}  {:>13} {:>10} {:>9}  {:>13}",
         "round",
         "choreo ev/s",
         "allocs/ev",
@@ -325,7 +325,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         }
         let ratio = c.events_per_sec / p.events_per_sec;
         println!(
-            "{round:>5}  {:>13.0} {:>10.1} {:>11.0}  {:>13.0} {:>10.1} {:>11.0}  {:>12.2}x",
+            "{round:>5}  {:>13.0} {:>10.2} {:>9.0}  {:>13.0} {:>10.2} {:>9.0}  {:>12.2}x",
             c.events_per_sec,
             c.allocs_per_event,
             c.bytes_per_event,
@@ -342,7 +342,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     };
     let ratio = column(&|r| r.2);
     println!(
-        "{:>5}  {:>13.0} {:>10.1} {:>11.0}  {:>13.0} {:>10.1} {:>11.0}  {:>12.2}x",
+        "{:>5}  {:>13.0} {:>10.2} {:>9.0}  {:>13.0} {:>10.2} {:>9.0}  {:>12.2}x",
         "med",
         column(&|r| r.0.events_per_sec),
         column(&|r| r.0.allocs_per_event),

@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::envelope::{Headers, Message, Metadata, derived_id, headers};
+use crate::envelope::{Headers, Message, Metadata, derived_id};
 use crate::error::PublishError;
 use crate::event::{Event, EventType};
+use crate::trace::TraceContext;
 
 /// Envelope metadata of the message being handled, and the way to publish follow-up events.
 ///
@@ -34,6 +35,7 @@ pub(crate) struct HandlerScope {
 
 struct Scope {
     meta: Metadata,
+    trace: TraceContext,
     attempt: u32,
     handler: Arc<HandlerScope>,
     outbox: Mutex<Outbox>,
@@ -48,9 +50,12 @@ pub(crate) struct Outbox {
 
 impl Context {
     pub(crate) fn new(meta: Metadata, attempt: u32, handler: Arc<HandlerScope>) -> Self {
+        let trace = TraceContext::from_headers(&meta.headers)
+            .map_or_else(TraceContext::root, |parent| parent.child());
         Self {
             scope: Arc::new(Scope {
                 meta,
+                trace,
                 attempt,
                 handler,
                 outbox: Mutex::new(Outbox::default()),
@@ -92,6 +97,12 @@ impl Context {
     /// The business key of the incoming message, if its event declares one.
     pub fn key(&self) -> Option<&str> {
         self.scope.meta.key.as_deref()
+    }
+
+    /// The trace context of this run: the incoming message's trace, in a span of its own.
+    /// Events the handler publishes continue this trace.
+    pub fn trace(&self) -> TraceContext {
+        self.scope.trace
     }
 
     /// Which run of the handler this is for the message, from 1.
@@ -152,11 +163,10 @@ impl Context {
         let seq = outbox.messages.len() as u32;
         let id = derived_id(incoming.id, &[&handler.queue, E::NAME], seq);
         let mut extra = Headers::new();
-        for name in [headers::TRACEPARENT, headers::TRACESTATE] {
-            if let Some(value) = incoming.headers.get(name) {
-                extra.insert(name, value);
-            }
-        }
+        self.scope
+            .trace
+            .child()
+            .write(&mut extra, Some(&incoming.headers));
         outbox.messages.push(Message {
             meta: Metadata {
                 id,

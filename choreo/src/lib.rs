@@ -60,11 +60,13 @@ pub mod event;
 pub mod handler;
 pub mod idempotency;
 pub mod memory;
+pub mod metrics;
 pub mod observe;
 mod publisher;
 pub mod retry;
 mod service;
 pub mod testing;
+pub mod trace;
 pub mod transport;
 
 pub use context::Context;
@@ -81,8 +83,8 @@ pub use observe::{Observation, Observer, Outcome};
 pub use publisher::{PublishOptions, Publisher};
 pub use retry::RetryPolicy;
 pub use service::{
-    DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, RunningService,
-    Service,
+    DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Health,
+    RunningService, Service,
 };
 pub use transport::{Failure, FailureKind, Transport};
 

@@ -3,11 +3,16 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Instant;
+
+use ::metrics::Histogram;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::envelope::{Headers, Message};
 use crate::error::PublishError;
 use crate::event::Event;
+use crate::trace::TraceContext;
 use crate::transport::Transport;
 
 /// Publishes events into the choreography from outside a handler.
@@ -34,6 +39,7 @@ use crate::transport::Transport;
 pub struct Publisher<T> {
     transport: T,
     source: Arc<str>,
+    confirm_latency: Histogram,
 }
 
 /// Settings for one publish.
@@ -75,9 +81,11 @@ impl PublishOptions {
 impl<T: Transport> Publisher<T> {
     /// A publisher whose messages come from `source` (a service name).
     pub fn new(transport: T, source: impl Into<Arc<str>>) -> Self {
+        let source: Arc<str> = source.into();
         Self {
             transport,
-            source: source.into(),
+            confirm_latency: crate::metrics::publish_histogram(&source),
+            source,
         }
     }
 
@@ -123,9 +131,22 @@ impl<T: Transport> Publisher<T> {
         if let Some(correlation_id) = options.correlation_id {
             message.meta.correlation_id = correlation_id;
         }
+        // Continue the caller's trace when the options carry one, else start one.
+        let trace = TraceContext::from_headers(&options.headers)
+            .map_or_else(TraceContext::root, |parent| parent.child());
         message.meta.headers = options.headers;
+        trace.write(&mut message.meta.headers, None);
         let id = message.meta.id;
-        self.transport.publish(message).await?;
+        let span = tracing::debug_span!(
+            "choreo.publish",
+            event = E::NAME,
+            version = E::VERSION,
+            message_id = %id,
+            correlation_id = %message.meta.correlation_id,
+        );
+        let started = Instant::now();
+        self.transport.publish(message).instrument(span).await?;
+        self.confirm_latency.record(started.elapsed());
         Ok(id)
     }
 

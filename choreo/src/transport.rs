@@ -77,6 +77,11 @@ pub trait Transport: Clone + Send + Sync + 'static {
         &self,
         queue: &QueueSpec,
     ) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
+
+    /// Whether the transport is connected to its broker right now, for health checks.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// The deliveries of one handler queue.

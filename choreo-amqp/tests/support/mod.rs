@@ -31,6 +31,13 @@ pub struct PaymentCaptured {
     pub order_id: u64,
 }
 
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, PartialEq)]
+#[choreo(name = "shipping.order-shipped", version = 1)]
+pub struct OrderShipped {
+    #[choreo(key)]
+    pub order_id: u64,
+}
+
 pub fn order(order_id: u64) -> OrderPlaced {
     OrderPlaced {
         order_id,

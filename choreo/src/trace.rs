@@ -1,0 +1,127 @@
+//! W3C trace context, carried in `traceparent` and `tracestate` headers.
+//!
+//! Every message carries a `traceparent`. A message published from outside a handler starts
+//! a trace, or continues the caller's when its options carry one; every event a handler
+//! publishes continues the trace of the message it handles. One business flow across any
+//! number of services is therefore one trace, whichever tracing backend reads it.
+
+use std::fmt;
+
+use crate::envelope::{Headers, headers};
+
+/// A position in a trace: which trace, which span, and whether it is sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// The trace, 128 bits, never zero.
+    pub trace_id: u128,
+    /// The span that published the message, 64 bits, never zero.
+    pub span_id: u64,
+    /// Whether the trace is sampled (the `01` flag).
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A new trace.
+    pub fn root() -> Self {
+        Self {
+            trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
+            sampled: true,
+        }
+    }
+
+    /// A new span in the same trace.
+    #[must_use]
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: fastrand::u64(1..),
+            ..*self
+        }
+    }
+
+    /// Parses a `traceparent` header (version `00`).
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let mut parts = traceparent.trim().split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let span = parts.next()?;
+        let flags = parts.next()?;
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+        let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// The trace context of a message's headers, if it has a valid one.
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        headers.get(headers::TRACEPARENT).and_then(Self::parse)
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// Writes this context as `traceparent`, keeping `tracestate` from `parent` when given.
+    pub(crate) fn write(&self, to: &mut Headers, parent: Option<&Headers>) {
+        to.insert(headers::TRACEPARENT, self.to_string());
+        if let Some(state) = parent.and_then(|p| p.get(headers::TRACESTATE)) {
+            to.insert(headers::TRACESTATE, state);
+        }
+    }
+}
+
+impl fmt::Display for TraceContext {
+    /// The `traceparent` form: `00-<trace-id>-<span-id>-<flags>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips() {
+        let text = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let parsed = TraceContext::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert!(parsed.sampled);
+        let child = parsed.child();
+        assert_eq!(child.trace_id, parsed.trace_id);
+        assert_ne!(child.span_id, parsed.span_id);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-xyz7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+}
