@@ -421,10 +421,14 @@ async fn follow_up_events_carry_correlation_and_causation() {
         assert_eq!(follow_up.meta.causation_id, Some(id));
         assert_eq!(&*follow_up.meta.source, "billing");
         assert_eq!(follow_up.meta.id.get_version_num(), 7);
+        let trace =
+            |m: &Message| choreo::trace::TraceContext::from_headers(&m.meta.headers).unwrap();
         assert_eq!(
-            follow_up.meta.headers.get(headers::TRACEPARENT),
-            incoming.meta.headers.get(headers::TRACEPARENT)
+            trace(follow_up).trace_id,
+            trace(incoming).trace_id,
+            "one trace"
         );
+        assert_ne!(trace(follow_up).span_id, trace(incoming).span_id);
     }
     assert_eq!(published[1].meta.name, "billing.payment-captured");
     assert_eq!(published[1].meta.key.as_deref(), Some("11"));
