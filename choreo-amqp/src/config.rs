@@ -3,10 +3,15 @@
 use std::fmt;
 use std::time::Duration;
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+
 use crate::error::AmqpError;
 
 /// The environment variable read by [`AmqpConfig::from_env`].
 pub const URL_ENV: &str = "CHOREO_AMQP_URL";
+
+/// The environment variable read by [`AmqpConfig::from_env`] for the management API's URL.
+pub const MANAGEMENT_URL_ENV: &str = "CHOREO_AMQP_MANAGEMENT_URL";
 
 /// The URL used when `CHOREO_AMQP_URL` is not set: a local broker with the default user.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -57,6 +62,8 @@ pub struct AmqpConfig {
     pub(crate) mandatory: bool,
     pub(crate) publish_channels: usize,
     pub(crate) connection_name: String,
+    pub(crate) management_url: Option<String>,
+    pub(crate) tls: OwnedTLSConfig,
 }
 
 impl AmqpConfig {
@@ -76,12 +83,19 @@ impl AmqpConfig {
             mandatory: true,
             publish_channels: 4,
             connection_name: "choreo".to_owned(),
+            management_url: None,
+            tls: OwnedTLSConfig::default(),
         }
     }
 
-    /// Connects to the URL in `CHOREO_AMQP_URL`, or to [`DEFAULT_URL`] when it is not set.
+    /// Connects to the URL in `CHOREO_AMQP_URL`, or to [`DEFAULT_URL`] when it is not set;
+    /// takes the management API's URL from `CHOREO_AMQP_MANAGEMENT_URL` when it is set.
     pub fn from_env() -> Self {
-        Self::new(std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned()))
+        let config = Self::new(std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned()));
+        match std::env::var(MANAGEMENT_URL_ENV) {
+            Ok(url) if !url.is_empty() => config.management_url(url),
+            _ => config,
+        }
     }
 
     /// Prefixes every domain exchange, e.g. `"acme."` gives `acme.orders`. Default: none.
@@ -155,6 +169,44 @@ impl AmqpConfig {
     #[must_use]
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) for `amqps://`, in addition to the system's.
+    /// The broker's certificate is always verified.
+    #[must_use]
+    pub fn tls_ca_certificates(mut self, pem: impl Into<String>) -> Self {
+        self.tls.cert_chain = Some(pem.into());
+        self
+    }
+
+    /// Authenticates with a client certificate and key, both PEM (the key unencrypted PKCS#8),
+    /// e.g. for `?auth_mechanism=external`.
+    #[must_use]
+    pub fn tls_client_certificate(mut self, certificate_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.tls.identity = Some(OwnedIdentity::PKCS8 {
+            pem: certificate_pem,
+            key: key_pem,
+        });
+        self
+    }
+
+    /// Authenticates with a client identity in a PKCS#12 archive.
+    #[must_use]
+    pub fn tls_client_pkcs12(mut self, der: Vec<u8>, password: impl Into<String>) -> Self {
+        self.tls.identity = Some(OwnedIdentity::PKCS12 {
+            der,
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Where the broker's management HTTP API listens, for the operator tools that list
+    /// queues: `http://host:port`, optionally with `user:password@` and a path prefix.
+    /// Default: the AMQP URL's host on port 15672, with the AMQP URL's credentials.
+    #[must_use]
+    pub fn management_url(mut self, url: impl Into<String>) -> Self {
+        self.management_url = Some(url.into());
         self
     }
 
@@ -245,6 +297,12 @@ impl fmt::Debug for AmqpConfig {
             .field("publish_timeout", &self.publish_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("mandatory", &self.mandatory)
+            .field(
+                "management_url",
+                &self.management_url.as_deref().map(redact),
+            )
+            .field("tls_ca_certificates", &self.tls.cert_chain.is_some())
+            .field("tls_client_identity", &self.tls.identity.is_some())
             .finish_non_exhaustive()
     }
 }

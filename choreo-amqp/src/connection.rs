@@ -176,7 +176,17 @@ impl Link {
         let properties = ConnectionProperties::default().with_connection_name(
             format!("{} ({})", self.config.connection_name, self.role).into(),
         );
-        let connect = Connection::connect(&self.config.url, properties);
+        let runtime = lapin::runtime::default_runtime().map_err(|error| AmqpError::Connect {
+            url: self.config.redacted_url(),
+            reason: "no tokio runtime to connect from".to_owned(),
+            source: Some(Box::new(error)),
+        })?;
+        let connect = Connection::connect_with_config(
+            &self.config.url,
+            properties,
+            self.config.tls.clone(),
+            runtime,
+        );
         match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(AmqpError::Connect {
