@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use choreo::transport::{QueueSpec, Topology, Transport};
 use choreo::{Message, Publisher, TransportError};
+use tokio::task::JoinSet;
 
 use crate::config::AmqpConfig;
 use crate::connection::Link;
@@ -147,6 +148,34 @@ impl Transport for AmqpTransport {
             )
             .await
             .map_err(Into::into)
+    }
+
+    /// Publishes every message at once and waits for all the confirms.
+    async fn publish_all(&self, messages: Vec<Message>) -> Result<(), TransportError> {
+        if messages.len() <= 1 {
+            for message in messages {
+                self.publish(message).await?;
+            }
+            return Ok(());
+        }
+        let mut pending = JoinSet::new();
+        for message in messages {
+            let transport = self.clone();
+            pending.spawn(async move { transport.publish(message).await });
+        }
+        let mut first_error = None;
+        while let Some(joined) = pending.join_next().await {
+            let result = joined.unwrap_or_else(|panic| {
+                Err(TransportError::Other {
+                    message: format!("publishing task failed: {panic}"),
+                    source: None,
+                })
+            });
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn consume(&self, queue: &QueueSpec) -> Result<AmqpConsumer, TransportError> {

@@ -124,6 +124,44 @@ async fn connections_closed_mid_stream_lose_nothing_and_apply_each_event_once() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_through_a_longer_outage_fails_clearly_after_its_bound() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut broker = Broker::with(|c| c.publish_timeout(Duration::from_secs(2))).await;
+    let service = Service::new(broker.service.clone())
+        .handler(apply)
+        .state(Effects::default());
+    broker.track(&service);
+    let running = service.start(&broker.transport).await.unwrap();
+    let publisher = broker.transport.publisher("test");
+    publisher.publish(&order(1)).await.unwrap();
+
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let result = publisher.publish(&order(2)).await;
+    let waited = started.elapsed();
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+        .await
+        .unwrap();
+
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.contains("not confirmed within"),
+        "a clear error naming the bound: {error}"
+    );
+    assert!(!error.contains("guest:guest"), "no password: {error}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    // Once the broker is back, the same publisher works again.
+    publisher.publish(&order(3)).await.unwrap();
+    running.shutdown().await.unwrap();
+    broker.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarts_neither_hang_nor_fail_publishes() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut broker = Broker::with(|c| c.publish_timeout(Duration::from_secs(90))).await;
