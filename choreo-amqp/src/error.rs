@@ -70,6 +70,26 @@ pub enum AmqpError {
     /// The transport was closed.
     #[error("transport closed")]
     Closed,
+    /// The queue does not exist.
+    #[error("no queue `{queue}` on the broker")]
+    NoSuchQueue {
+        /// The queue.
+        queue: String,
+    },
+    /// An operation on poison queues was given a queue that is not one.
+    #[error("`{queue}` is not a poison queue: their names end in `.poison`")]
+    NotAPoisonQueue {
+        /// The queue.
+        queue: String,
+    },
+    /// The broker's management HTTP API, which lists queues, failed.
+    #[error("the RabbitMQ management API at {url} {reason}")]
+    Management {
+        /// The API's base URL, without credentials.
+        url: String,
+        /// What went wrong and, where it can, how to fix it.
+        reason: String,
+    },
     /// Any other failure of the client or broker.
     #[error("{context}: {source}")]
     Broker {

@@ -26,12 +26,14 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod management;
+pub mod poison;
 mod publisher;
 mod topology;
 mod transport;
 mod wire;
 
-pub use config::{AmqpConfig, DEFAULT_URL, QueueType, URL_ENV};
+pub use config::{AmqpConfig, DEFAULT_URL, MANAGEMENT_URL_ENV, QueueType, URL_ENV};
 pub use consumer::{AmqpConsumer, AmqpDelivery};
 pub use error::AmqpError;
 pub use transport::AmqpTransport;

@@ -36,6 +36,14 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// Starts the broker application again and waits until its quorum queues have settled, so
+/// that deleting them at clean-up cannot race their start (see `heal_dead_lettering`).
+fn start_app() {
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 /// Publishes orders `ids` with up to 64 publishes in flight; returns how many failed.
 async fn publish_all(broker: &Broker, ids: std::ops::Range<u64>, failures: Arc<AtomicU64>) {
     let publisher = broker.transport.publisher("test");
@@ -121,6 +129,7 @@ async fn connections_closed_mid_stream_lose_nothing_and_apply_each_event_once() 
     );
     assert_drained(&broker).await;
     broker.clean_up().await;
+    support::heal_dead_lettering();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +150,7 @@ async fn a_publish_through_a_longer_outage_fails_clearly_after_its_bound() {
     let started = std::time::Instant::now();
     let result = publisher.publish(&order(2)).await;
     let waited = started.elapsed();
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(start_app).await.unwrap();
 
     let error = result.unwrap_err().to_string();
     assert!(
@@ -159,6 +166,7 @@ async fn a_publish_through_a_longer_outage_fails_clearly_after_its_bound() {
     publisher.publish(&order(3)).await.unwrap();
     running.shutdown().await.unwrap();
     broker.clean_up().await;
+    support::heal_dead_lettering();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +194,7 @@ async fn broker_restarts_neither_hang_nor_fail_publishes() {
             tokio::task::spawn_blocking(|| {
                 rabbitmqctl(&["stop_app"]);
                 std::thread::sleep(Duration::from_secs(5));
-                rabbitmqctl(&["start_app"]);
+                start_app();
             })
             .await
             .unwrap();
@@ -219,4 +227,5 @@ async fn broker_restarts_neither_hang_nor_fail_publishes() {
     );
     assert_drained(&broker).await;
     broker.clean_up().await;
+    support::heal_dead_lettering();
 }

@@ -3,7 +3,7 @@
 //! An event is a plain struct that derives [`Event`](derive@crate::Event) together with serde's
 //! `Serialize` and `Deserialize` and schemars' `JsonSchema`. The derive gives it a name, a
 //! version, a routing key, an optional business key and a JSON Schema, and records it in a
-//! process-wide [catalog](catalog).
+//! process-wide [catalog].
 
 use std::fmt;
 

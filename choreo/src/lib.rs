@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod observe;
 mod publisher;
 pub mod retry;
+pub mod schema;
 mod service;
 pub mod testing;
 pub mod trace;

@@ -163,7 +163,8 @@ pub struct Retry {
 pub struct Topology {
     /// The service.
     pub service: Arc<str>,
-    /// Exchanges the service publishes to (domains of the events its handlers emit).
+    /// Exchanges the service uses: the domains of the events its handlers consume and emit,
+    /// and of those it [publishes](crate::Service::publishes) from outside its handlers.
     pub exchanges: Vec<String>,
     /// One queue per handler.
     pub queues: Vec<QueueSpec>,

@@ -36,4 +36,24 @@ pub mod book {
     /// Testing.
     #[doc = include_str!("../../book/src/testing.md")]
     pub mod testing {}
+
+    /// Running on RabbitMQ.
+    #[doc = include_str!("../../book/src/rabbitmq.md")]
+    pub mod rabbitmq {}
+
+    /// Retries and poison messages on RabbitMQ.
+    #[doc = include_str!("../../book/src/rabbitmq-retries.md")]
+    pub mod rabbitmq_retries {}
+
+    /// Operations notes.
+    #[doc = include_str!("../../book/src/operations.md")]
+    pub mod operations {}
+
+    /// Operating choreo.
+    #[doc = include_str!("../../book/src/operating.md")]
+    pub mod operating {}
+
+    /// Contracts for other teams.
+    #[doc = include_str!("../../book/src/contracts.md")]
+    pub mod contracts {}
 }

@@ -473,6 +473,7 @@ async fn demo_plays_every_scenario() -> TestResult {
         1
     );
     assert!(transport.is_idle());
+    assert_eq!(timeline.open(), 0, "the timeline saw every delivery settle");
     assert_eq!(transport.poisoned(CAPTURE_PAYMENT)?.len(), 1);
     Ok(())
 }

@@ -55,6 +55,26 @@ pub struct Broker {
     cleaned: bool,
 }
 
+/// Restarts RabbitMQ 3.10's quorum-queue dead-letter supervisor if it has died.
+///
+/// It dies when queues with at-least-once dead-lettering are deleted while still starting,
+/// as tests that restart the broker and then clean up can do; every quorum queue
+/// declaration then fails with INTERNAL_ERROR. Best effort: without a local `rabbitmqctl`
+/// (a remote broker) there is nothing to do here.
+pub fn heal_dead_lettering() {
+    let eval = |expression: &str| {
+        std::process::Command::new("rabbitmqctl")
+            .args(["-q", "eval", expression])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if eval("is_pid(whereis(rabbit_fifo_dlx_sup)).").is_some_and(|alive| alive == "false") {
+        eprintln!("restarting RabbitMQ's quorum-queue dead-letter supervisor");
+        eval("supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).");
+    }
+}
+
 async fn raw_connection() -> lapin::Connection {
     lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
         .await
@@ -76,6 +96,8 @@ impl Broker {
     }
 
     pub async fn with(configure: impl FnOnce(AmqpConfig) -> AmqpConfig) -> Self {
+        static HEALED: std::sync::Once = std::sync::Once::new();
+        HEALED.call_once(heal_dead_lettering);
         let id = unique();
         let config = configure(
             AmqpConfig::new(url())

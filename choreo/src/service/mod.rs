@@ -219,6 +219,12 @@ impl<S: IdempotencyStore> Service<S> {
     /// [`Error::Config`] or [`Error::Startup`] when the service's settings are invalid.
     pub fn topology(&self) -> Result<Topology> {
         self.validate()?;
+        Ok(self.layout())
+    }
+
+    /// The topology without checking the settings: exported contracts describe the queues
+    /// of a service whose shared state (a database pool) is not at hand.
+    pub(crate) fn layout(&self) -> Topology {
         let mut exchanges: BTreeSet<String> =
             self.published.iter().map(|d| d.domain.to_owned()).collect();
         let queues = self
@@ -232,11 +238,11 @@ impl<S: IdempotencyStore> Service<S> {
                 self.queue_spec(&r.info)
             })
             .collect();
-        Ok(Topology {
+        Topology {
             service: Arc::from(self.name.as_str()),
             exchanges: exchanges.into_iter().collect(),
             queues,
-        })
+        }
     }
 
     fn queue_spec(&self, info: &HandlerInfo) -> QueueSpec {

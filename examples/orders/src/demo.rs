@@ -1,17 +1,23 @@
-//! The demo: six scenarios played one after another on an in-memory transport.
+//! The demo: six scenarios played one after another, on the in-memory transport
+//! ([`run_demo`]) or on RabbitMQ ([`run_demo_on_rabbitmq`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use choreo::{Event, MemoryTransport, Message, PublishError, PublishOptions, Publisher, Transport};
+use choreo::transport::Topology;
+use choreo::{
+    Event, MemoryTransport, Message, PublishError, PublishOptions, Publisher, RunningService,
+    Transport,
+};
+use choreo_amqp::{AmqpConfig, AmqpError, AmqpTransport};
 
 use crate::billing::PaymentGateway;
 use crate::events::{OrderLine, OrderPlaced};
 use crate::inventory::Warehouse;
-use crate::orders::{OrderStatus, place_order};
-use crate::timeline::{Counts, Timeline};
+use crate::orders::{OrderBook, OrderStatus, place_order};
+use crate::timeline::{Counts, Timeline, Unsettled};
 use crate::{Backends, services};
 
 /// How long one scenario may take before the demo gives up on it.
@@ -74,6 +80,12 @@ pub enum DemoError {
     /// The services were still busy when a scenario's time was up.
     #[error("the services were still busy after {0:?}")]
     Busy(Duration),
+    /// Deliveries were still waiting for an outcome when a scenario's time was up.
+    #[error("the services were still busy: {0}")]
+    Unsettled(#[from] Unsettled),
+    /// RabbitMQ could not be reached, or refused to delete the demo's queues.
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
 }
 
 /// The backends the demo starts with: stock, customers' funds, and a gateway that times out
@@ -171,59 +183,226 @@ pub async fn run_demo(
     let backends = backends();
     let mut running = Vec::new();
     for service in services(&backends) {
+        timeline.route(&service.topology()?);
         running.push(service.observe(timeline.clone()).start(transport).await?);
     }
     let front_door = Publisher::new(transport.clone(), "orders");
-    let book = &backends.orders;
-
-    timeline.section("1. happy path: paid, reserved, shipped, completed");
-    let happy = happy_order();
-    let happy_id = place_order(&front_door, book, &happy).await?;
-    quiet(transport).await?;
-
-    timeline.section("2. payment declined: the order is cancelled");
-    place_order(&front_door, book, &declined_order()).await?;
-    quiet(transport).await?;
-
-    timeline.section("3. out of stock: the payment is refunded, then the order cancelled");
-    place_order(&front_door, book, &out_of_stock_order()).await?;
-    quiet(transport).await?;
-
-    timeline.section("4. the payment gateway times out twice, then charges");
-    place_order(&front_door, book, &flaky_order()).await?;
-    quiet(transport).await?;
-
-    timeline.section("5. a malformed order goes to the poison queue");
-    transport
-        .publish(malformed_order()?)
-        .await
-        .map_err(PublishError::from)?;
-    quiet(transport).await?;
-
-    timeline.section("6. ord-1001 is delivered again under the same message id");
-    front_door
-        .publish_with(&happy, PublishOptions::default().message_id(happy_id))
-        .await?;
-    quiet(transport).await?;
+    play(
+        &front_door,
+        &backends.orders,
+        timeline,
+        Quiet::Idle(transport),
+    )
+    .await?;
 
     // Shutting down waits for every handler task, so the counts below are final.
     for service in running {
         service.shutdown().await?;
     }
     Ok(Summary {
-        orders: book.all(),
+        orders: backends.orders.all(),
         messages: timeline.counts(),
     })
 }
 
-/// Waits until no message is ready, in flight or waiting for a retry.
-async fn quiet(transport: &MemoryTransport) -> Result<(), DemoError> {
-    let idle = async {
-        while !transport.is_idle() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+/// Runs the four services on RabbitMQ, each on its own [`AmqpTransport`] (two connections
+/// of its own, named `example-orders <service>`), plays every scenario as [`run_demo`] does,
+/// stops them and sums up.
+///
+/// Each transport connects with a clone of `config`; the orders service's also drops
+/// unroutable events (`mandatory` off), as nothing in this example consumes
+/// `orders.order-completed` or `orders.order-cancelled`. Quiet is told by the outcomes
+/// `timeline` observes, never by polling queues: after each scenario it waits until every
+/// delivery was handled, skipped as a duplicate or poisoned.
+///
+/// The queues are durable, and a second run must not see the first run's messages. So the
+/// demo deletes its queues — handler queues, retry tiers and poison queues — before it
+/// starts, in case an earlier run was interrupted, and again when it ends, poisoned messages
+/// included. Exchanges stay, as other services may use them. A service in production keeps
+/// its queues: they are what carries its messages across restarts.
+///
+/// # Errors
+///
+/// [`DemoError::Broker`] when RabbitMQ cannot be reached or refuses to delete a queue,
+/// [`DemoError::Service`] when a service does not start or stop, [`DemoError::Publish`]
+/// when an order is not published, and [`DemoError::Unsettled`] when a scenario does not
+/// finish in time. Whatever fails, the services that started are stopped and their queues
+/// deleted.
+pub async fn run_demo_on_rabbitmq(
+    config: &AmqpConfig,
+    timeline: &Timeline,
+) -> Result<Summary, DemoError> {
+    let backends = backends();
+    let mut deployed = Vec::new();
+    let played = match deploy(config, &backends, timeline, &mut deployed).await {
+        Ok(front_door) => {
+            play(
+                &front_door,
+                &backends.orders,
+                timeline,
+                Quiet::Settled(timeline),
+            )
+            .await
         }
+        Err(error) => Err(error),
     };
-    tokio::time::timeout(SCENARIO_TIMEOUT, idle)
+    let torn_down = tear_down(deployed).await;
+    played?;
+    torn_down?;
+    Ok(Summary {
+        orders: backends.orders.all(),
+        messages: timeline.counts(),
+    })
+}
+
+/// One service on a transport of its own.
+struct Deployed {
+    transport: AmqpTransport,
+    topology: Topology,
+    /// `None` when the service failed to start; its queues may still have been declared.
+    running: Option<RunningService>,
+}
+
+/// Starts every service on a transport of its own, after deleting queues an earlier run
+/// left, and returns the orders front door. Pushes each service onto `deployed`, started or
+/// not, so that tear-down deletes whatever it declared, even if it failed half-way.
+async fn deploy(
+    config: &AmqpConfig,
+    backends: &Backends,
+    timeline: &Timeline,
+    deployed: &mut Vec<Deployed>,
+) -> Result<Publisher<AmqpTransport>, DemoError> {
+    let mut front_door = None;
+    for service in services(backends) {
+        let name = service.name().to_owned();
+        let mut config = config
+            .clone()
+            .connection_name(format!("example-orders {name}"));
+        if name == "orders" {
+            // Completed and cancelled orders are announced for consumers outside this example.
+            config = config.mandatory(false);
+        }
+        let transport = AmqpTransport::connect(config).await?;
+        let topology = service.topology()?;
+        transport.delete_queues(&topology).await?;
+        timeline.route(&topology);
+        if name == "orders" {
+            front_door = Some(transport.publisher("orders"));
+        }
+        let started = service.observe(timeline.clone()).start(&transport).await;
+        deployed.push(Deployed {
+            transport,
+            topology,
+            running: None,
+        });
+        let running = started?;
+        if let Some(deployment) = deployed.last_mut() {
+            deployment.running = Some(running);
+        }
+    }
+    front_door.ok_or_else(|| {
+        DemoError::Service(choreo::Error::Startup {
+            service: "orders".to_owned(),
+            reason: "the demo has no orders service to take orders".to_owned(),
+        })
+    })
+}
+
+/// Stops every service, then deletes their queues and closes their connections. Every step
+/// is tried; the first error is returned.
+async fn tear_down(mut deployed: Vec<Deployed>) -> Result<(), DemoError> {
+    let mut first_error = None;
+    // Every service stops before any queue goes, so no consumer sees its queue vanish.
+    for running in deployed.iter_mut().filter_map(|d| d.running.take()) {
+        if let Err(error) = running.shutdown().await {
+            first_error.get_or_insert(DemoError::from(error));
+        }
+    }
+    for Deployed {
+        transport,
+        topology,
+        ..
+    } in deployed
+    {
+        if let Err(error) = transport.delete_queues(&topology).await {
+            first_error.get_or_insert(DemoError::from(error));
+        }
+        transport.close().await;
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// How the demo tells that the services went quiet after a scenario.
+enum Quiet<'a> {
+    /// Nothing ready, in flight or waiting for a retry on the in-memory transport.
+    Idle(&'a MemoryTransport),
+    /// Every delivery the timeline expects has had its outcome.
+    Settled(&'a Timeline),
+}
+
+impl Quiet<'_> {
+    async fn wait(&self) -> Result<(), DemoError> {
+        match self {
+            Self::Idle(transport) => {
+                let idle = async {
+                    while !transport.is_idle() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                tokio::time::timeout(SCENARIO_TIMEOUT, idle)
+                    .await
+                    .map_err(|_| DemoError::Busy(SCENARIO_TIMEOUT))
+            }
+            Self::Settled(timeline) => Ok(timeline.settled(SCENARIO_TIMEOUT).await?),
+        }
+    }
+}
+
+/// Plays the six scenarios through `front_door`, waiting for quiet after each.
+async fn play<T: Transport>(
+    front_door: &Publisher<T>,
+    book: &OrderBook,
+    timeline: &Timeline,
+    quiet: Quiet<'_>,
+) -> Result<(), DemoError> {
+    // Every order enters through the front door; the timeline counts what each one owes.
+    let place = |order: OrderPlaced| async move {
+        timeline.expect(OrderPlaced::ROUTING_KEY);
+        place_order(front_door, book, &order).await
+    };
+
+    timeline.section("1. happy path: paid, reserved, shipped, completed");
+    let happy_id = place(happy_order()).await?;
+    quiet.wait().await?;
+
+    timeline.section("2. payment declined: the order is cancelled");
+    place(declined_order()).await?;
+    quiet.wait().await?;
+
+    timeline.section("3. out of stock: the payment is refunded, then the order cancelled");
+    place(out_of_stock_order()).await?;
+    quiet.wait().await?;
+
+    timeline.section("4. the payment gateway times out twice, then charges");
+    place(flaky_order()).await?;
+    quiet.wait().await?;
+
+    timeline.section("5. a malformed order goes to the poison queue");
+    timeline.expect(OrderPlaced::ROUTING_KEY);
+    front_door
+        .transport()
+        .publish(malformed_order()?)
         .await
-        .map_err(|_| DemoError::Busy(SCENARIO_TIMEOUT))
+        .map_err(PublishError::from)?;
+    quiet.wait().await?;
+
+    timeline.section("6. ord-1001 is delivered again under the same message id");
+    timeline.expect(OrderPlaced::ROUTING_KEY);
+    front_door
+        .publish_with(
+            &happy_order(),
+            PublishOptions::default().message_id(happy_id),
+        )
+        .await?;
+    quiet.wait().await
 }

@@ -15,7 +15,9 @@
 //!
 //! Each service keeps its data in a value shared with its handlers through
 //! [`State`](choreo::State): the [`OrderBook`], the [`PaymentGateway`], the [`Warehouse`] and
-//! the [`Dispatch`]. [`services`] builds all four; [`demo::run_demo`] plays the scenarios.
+//! the [`Dispatch`]. [`services`] builds all four; [`demo::run_demo`] plays the scenarios on
+//! the in-memory transport, and [`demo::run_demo_on_rabbitmq`] plays them on RabbitMQ with
+//! each service on a connection of its own.
 
 pub mod billing;
 pub mod demo;
@@ -56,6 +58,27 @@ pub fn services(backends: &Backends) -> [Service; 4] {
         inventory::service(backends.warehouse.clone()),
         shipping::service(backends.dispatch.clone()),
     ]
+}
+
+/// Writes the contracts of the four services into `dir`, one folder per service
+/// (`dir/orders`, `dir/billing`, ...): their JSON Schemas, AsyncAPI documents and service
+/// descriptions, for other teams and for `choreo schema check` and `choreo map`.
+///
+/// # Errors
+///
+/// As [`choreo::schema::Contracts::write`].
+pub fn export_schemas(
+    dir: impl AsRef<std::path::Path>,
+) -> Result<Vec<choreo::schema::ExportReport>, choreo::schema::SchemaError> {
+    let dir = dir.as_ref();
+    services(&Backends::default())
+        .iter()
+        .map(|service| {
+            choreo::schema::Contracts::of(service)?
+                .version(env!("CARGO_PKG_VERSION"))
+                .write(dir.join(service.name()))
+        })
+        .collect()
 }
 
 /// The retry policy of every service: one immediate retry after about 20 ms, then delayed

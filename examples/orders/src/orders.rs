@@ -87,6 +87,8 @@ pub async fn place_order<T: Transport>(
 /// The orders service, keeping its records in `book`.
 pub fn service(book: OrderBook) -> Service {
     Service::new("orders")
+        // Placed orders come from the front door, `place_order`, not from a handler.
+        .publishes::<OrderPlaced>()
         .retry_policy(crate::retry_policy())
         .state(book)
         .handler(complete_order)

@@ -1,17 +1,25 @@
 //! A readable timeline of what the services do with each message.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use choreo::transport::Topology;
 use choreo::{Observation, Observer, Outcome};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// An [`Observer`] that writes one line per outcome to a sink and counts the outcomes.
 ///
 /// Register a clone on every service with [`Service::observe`](choreo::Service::observe);
 /// the clones share the sink and the counts.
+///
+/// Told which queues each event reaches ([`Timeline::route`]) and what is published from
+/// outside the services ([`Timeline::expect`]), it also knows how many deliveries still owe
+/// an outcome, and [`Timeline::settled`] waits until none does: how to tell that a broker
+/// has gone quiet without polling its queues.
 #[derive(Clone)]
 pub struct Timeline {
     inner: Arc<Inner>,
@@ -24,6 +32,10 @@ struct Inner {
     retried: AtomicUsize,
     poisoned: AtomicUsize,
     duplicates: AtomicUsize,
+    /// Deliveries still owed an outcome: handled, duplicate or poisoned.
+    open: watch::Sender<i64>,
+    /// How many handler queues each routing key reaches.
+    routes: Mutex<HashMap<String, i64>>,
 }
 
 /// How many outcomes of each kind a [`Timeline`] saw.
@@ -60,7 +72,76 @@ impl Timeline {
                 retried: AtomicUsize::new(0),
                 poisoned: AtomicUsize::new(0),
                 duplicates: AtomicUsize::new(0),
+                open: watch::Sender::new(0),
+                routes: Mutex::default(),
             }),
+        }
+    }
+
+    /// Learns which handler queues each event reaches from a service's topology, so that
+    /// every event published counts one open delivery per queue bound to it.
+    pub fn route(&self, topology: &Topology) {
+        let mut routes = self.routes();
+        for binding in topology.queues.iter().flat_map(|q| &q.bindings) {
+            *routes.entry(binding.routing_key.clone()).or_default() += 1;
+        }
+    }
+
+    /// Notes that a message with `routing_key` is about to be published from outside the
+    /// services: each queue it reaches owes an outcome. Call it before publishing.
+    pub fn expect(&self, routing_key: &str) {
+        let fan_out = self.fan_out(routing_key);
+        self.inner.open.send_modify(|open| *open += fan_out);
+    }
+
+    /// Deliveries that still owe an outcome.
+    pub fn open(&self) -> i64 {
+        *self.inner.open.borrow()
+    }
+
+    /// Waits until every delivery has had its final outcome (handled, duplicate or
+    /// poisoned), including those of the events published on the way, for at most
+    /// `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Unsettled`] when deliveries were still open after `timeout`.
+    pub async fn settled(&self, timeout: Duration) -> Result<(), Unsettled> {
+        let mut open = self.inner.open.subscribe();
+        match tokio::time::timeout(timeout, open.wait_for(|open| *open <= 0)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Unsettled {
+                open: self.open(),
+                waited: timeout,
+            }),
+        }
+    }
+
+    fn fan_out(&self, routing_key: &str) -> i64 {
+        self.routes().get(routing_key).copied().unwrap_or(0)
+    }
+
+    fn routes(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How an outcome changes the number of open deliveries.
+    fn settles(&self, outcome: &Outcome<'_>) -> i64 {
+        match outcome {
+            Outcome::Handled { published } => {
+                let follow_ups: i64 = published
+                    .iter()
+                    .map(|m| self.fan_out(&m.meta.routing_key()))
+                    .sum();
+                follow_ups - 1
+            }
+            Outcome::Duplicate | Outcome::Poisoned(_) => -1,
+            // The broker delivers the message again, and that delivery owes an outcome too.
+            Outcome::SettleFailed { .. } => 1,
+            _ => 0,
         }
     }
 
@@ -96,6 +177,7 @@ impl Timeline {
 impl Observer for Timeline {
     fn observe(&self, observation: &Observation<'_>) {
         self.count(&observation.outcome);
+        let settles = self.settles(&observation.outcome);
         let (event, key, flow) = match observation.meta {
             Some(meta) => (
                 meta.name.as_ref(),
@@ -112,7 +194,21 @@ impl Observer for Timeline {
             describe(&observation.outcome),
         );
         (self.inner.sink)(&line);
+        // After the line, so that whoever waits for quiet has seen every line by then.
+        if settles != 0 {
+            self.inner.open.send_modify(|open| *open += settles);
+        }
     }
+}
+
+/// Deliveries were still open when [`Timeline::settled`] gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{open} deliveries still open after {waited:?}")]
+pub struct Unsettled {
+    /// Deliveries still owed an outcome.
+    pub open: i64,
+    /// How long it waited.
+    pub waited: Duration,
 }
 
 impl fmt::Debug for Timeline {
