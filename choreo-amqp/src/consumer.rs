@@ -231,6 +231,7 @@ impl AmqpDelivery {
                     exchange: "",
                     routing_key: queue,
                     mandatory: true,
+                    limit_body: false,
                 },
                 || properties(&delivery.properties),
                 body,
@@ -291,7 +292,9 @@ impl Delivery for AmqpDelivery {
         self.move_to(&target, headers).await
     }
 
-    async fn poison(self, failure: Failure) -> Result<(), TransportError> {
+    async fn poison(self, mut failure: Failure) -> Result<(), TransportError> {
+        // The runtime names the domain; on RabbitMQ the exchange carries the prefix.
+        failure.exchange = self.shared.config.exchange(&failure.exchange);
         let headers = failure
             .headers()
             .into_iter()

@@ -40,6 +40,10 @@ pub(crate) struct Target<'a> {
     pub(crate) exchange: &'a str,
     pub(crate) routing_key: &'a str,
     pub(crate) mandatory: bool,
+    /// Whether the body size limit applies: it does to new events, not to a delivered
+    /// message moved to a retry or poison queue (a too-large message must reach its poison
+    /// queue).
+    pub(crate) limit_body: bool,
 }
 
 impl Publishing {
@@ -61,7 +65,7 @@ impl Publishing {
         properties: impl Fn() -> BasicProperties,
         payload: &[u8],
     ) -> Result<(), AmqpError> {
-        if payload.len() > self.config.max_body_size {
+        if target.limit_body && payload.len() > self.config.max_body_size {
             return Err(AmqpError::TooLarge {
                 size: payload.len(),
                 limit: self.config.max_body_size,

@@ -142,6 +142,7 @@ impl Transport for AmqpTransport {
                     exchange: &exchange,
                     routing_key: &routing_key,
                     mandatory: self.shared.config.mandatory,
+                    limit_body: true,
                 },
                 || wire::properties(&message),
                 &message.body,
