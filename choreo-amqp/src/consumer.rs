@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use choreo::envelope::{Rfc3339, headers};
@@ -155,13 +156,41 @@ impl Consumer for AmqpConsumer {
 
     async fn cancel(&mut self) {
         self.cancelled = true;
-        if let Some(active) = &self.active {
-            let cancel = active
-                .channel
-                .basic_cancel(active.consumer.tag(), BasicCancelOptions::default());
-            if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), cancel).await {
-                tracing::debug!(queue = %self.queue.name, %error, "cancelling the consumer failed");
-            }
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let cancel = active
+            .channel
+            .basic_cancel(active.consumer.tag(), BasicCancelOptions::default());
+        if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), cancel).await {
+            tracing::debug!(queue = %self.queue.name, %error, "cancelling the consumer failed");
+        }
+        // Deliveries the broker sent before the cancel took effect wait in the client's
+        // buffer: hand them back now rather than when the channel closes.
+        while let Some(Some(Ok(delivery))) = poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut active.consumer).poll_next(cx) {
+                Poll::Ready(next) => Some(next),
+                Poll::Pending => None,
+            })
+        })
+        .await
+        {
+            let _ = delivery.acker.nack(REQUEUE).await;
+        }
+    }
+}
+
+impl Drop for AmqpConsumer {
+    /// Closes the consumer's channel: by now every delivery it handed out is settled.
+    fn drop(&mut self) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let close = active.channel.close(200, "consumer done".into());
+                let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+            });
         }
     }
 }

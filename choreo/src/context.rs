@@ -35,7 +35,8 @@ pub(crate) struct HandlerScope {
 
 struct Scope {
     meta: Metadata,
-    trace: TraceContext,
+    /// Parsed on first use: most handlers never ask.
+    trace: std::sync::OnceLock<TraceContext>,
     attempt: u32,
     handler: Arc<HandlerScope>,
     outbox: Mutex<Outbox>,
@@ -50,12 +51,10 @@ pub(crate) struct Outbox {
 
 impl Context {
     pub(crate) fn new(meta: Metadata, attempt: u32, handler: Arc<HandlerScope>) -> Self {
-        let trace = TraceContext::from_headers(&meta.headers)
-            .map_or_else(TraceContext::root, |parent| parent.child());
         Self {
             scope: Arc::new(Scope {
                 meta,
-                trace,
+                trace: std::sync::OnceLock::new(),
                 attempt,
                 handler,
                 outbox: Mutex::new(Outbox::default()),
@@ -102,7 +101,10 @@ impl Context {
     /// The trace context of this run: the incoming message's trace, in a span of its own.
     /// Events the handler publishes continue this trace.
     pub fn trace(&self) -> TraceContext {
-        self.scope.trace
+        *self.scope.trace.get_or_init(|| {
+            TraceContext::from_headers(&self.scope.meta.headers)
+                .map_or_else(TraceContext::root, |parent| parent.child())
+        })
     }
 
     /// Which run of the handler this is for the message, from 1.
@@ -163,8 +165,7 @@ impl Context {
         let seq = outbox.messages.len() as u32;
         let id = derived_id(incoming.id, &[&handler.queue, E::NAME], seq);
         let mut extra = Headers::new();
-        self.scope
-            .trace
+        self.trace()
             .child()
             .write(&mut extra, Some(&incoming.headers));
         outbox.messages.push(Message {

@@ -196,19 +196,38 @@ pub fn domain_of(name: &str) -> &str {
     name.split_once('.').map_or(name, |(domain, _)| domain)
 }
 
-/// Extra headers, in insertion order. Empty headers do not allocate.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+/// Extra headers, in insertion order. Empty headers do not allocate; clones share the list
+/// until one of them changes it.
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Vec<(String, String)>>>);
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 impl Headers {
     /// No headers.
     pub const fn new() -> Self {
-        Self(Vec::new())
+        Self(None)
+    }
+
+    fn list(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.list()
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
@@ -218,31 +237,33 @@ impl Headers {
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into();
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
+        let list = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
+        match list.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
+            None => list.push((name, value)),
         }
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let index = self.0.iter().position(|(n, _)| n == name)?;
-        Some(self.0.remove(index).1)
+        let index = self.list().iter().position(|(n, _)| n == name)?;
+        let list = Arc::make_mut(self.0.as_mut()?);
+        Some(list.remove(index).1)
     }
 
     /// Every header in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.list().iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.list().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list().is_empty()
     }
 }
 

@@ -5,8 +5,10 @@
 //! already done is acknowledged without running the handler; a failed run releases its claim
 //! so a retry can take it.
 
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,14 +74,36 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct MemoryIdempotencyStore {
     inner: Arc<Mutex<HashMap<Box<str>, Keys>>>,
+    seeds: (RandomState, RandomState),
     ttl: Duration,
     capacity: usize,
 }
 
 #[derive(Debug, Default)]
 struct Keys {
-    entries: HashMap<Arc<str>, Entry>,
-    order: VecDeque<(Arc<str>, Instant)>,
+    entries: HashMap<KeyId, Entry, BuildHasherDefault<KeyIdHasher>>,
+    order: VecDeque<(KeyId, Instant)>,
+}
+
+/// A key as 128 bits of two keyed SipHashes: no allocation, no pointer to follow.
+type KeyId = u128;
+
+/// The hash of a [`KeyId`] is its low bits: they are already random.
+#[derive(Default)]
+struct KeyIdHasher(u64);
+
+impl Hasher for KeyIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +134,7 @@ impl MemoryIdempotencyStore {
     pub fn with_limits(ttl: Duration, capacity: usize) -> Self {
         Self {
             inner: Arc::default(),
+            seeds: (RandomState::new(), RandomState::new()),
             ttl,
             capacity: capacity.max(1),
         }
@@ -124,7 +149,14 @@ impl MemoryIdempotencyStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn key_id(&self, key: &str) -> KeyId {
+        let high = self.seeds.0.hash_one(key);
+        let low = self.seeds.1.hash_one(key);
+        (u128::from(high) << 64) | u128::from(low)
+    }
+
     fn claim_now(&self, handler: &str, key: &str, lease: Duration) -> Claim {
+        let id = self.key_id(key);
         let now = Instant::now();
         let mut all = self.lock();
         let keys = match all.get_mut(handler) {
@@ -132,39 +164,41 @@ impl MemoryIdempotencyStore {
             None => all.entry(handler.into()).or_default(),
         };
         keys.evict(now, self.ttl, self.capacity);
-        if let Some(entry) = keys.entries.get_mut(key) {
-            match entry.state {
-                EntryState::Done => return Claim::Done,
-                EntryState::InProgress { until } if until > now => return Claim::InProgress,
-                EntryState::InProgress { .. } => {
-                    entry.state = EntryState::InProgress { until: now + lease };
-                    return Claim::Claimed;
+        match keys.entries.entry(id) {
+            MapEntry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                match entry.state {
+                    EntryState::Done => Claim::Done,
+                    EntryState::InProgress { until } if until > now => Claim::InProgress,
+                    EntryState::InProgress { .. } => {
+                        entry.state = EntryState::InProgress { until: now + lease };
+                        Claim::Claimed
+                    }
                 }
             }
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(Entry {
+                    since: now,
+                    state: EntryState::InProgress { until: now + lease },
+                });
+                keys.order.push_back((id, now));
+                Claim::Claimed
+            }
         }
-        let key: Arc<str> = Arc::from(key);
-        keys.entries.insert(
-            key.clone(),
-            Entry {
-                since: now,
-                state: EntryState::InProgress { until: now + lease },
-            },
-        );
-        keys.order.push_back((key, now));
-        Claim::Claimed
     }
 
     fn settle(&self, handler: &str, key: &str, done: bool) {
+        let id = self.key_id(key);
         let mut all = self.lock();
         let Some(keys) = all.get_mut(handler) else {
             return;
         };
         if done {
-            if let Some(entry) = keys.entries.get_mut(key) {
+            if let Some(entry) = keys.entries.get_mut(&id) {
                 entry.state = EntryState::Done;
             }
         } else {
-            keys.entries.remove(key);
+            keys.entries.remove(&id);
         }
     }
 }

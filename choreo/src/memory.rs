@@ -604,6 +604,22 @@ impl fmt::Debug for MemoryConsumer {
     }
 }
 
+impl MemoryConsumer {
+    fn try_take(&self) -> Option<MemoryDelivery> {
+        let message = {
+            let mut ready = self.queue.lock_ready();
+            let message = ready.pop_front()?;
+            self.queue.in_flight.fetch_add(1, Ordering::SeqCst);
+            message
+        };
+        Some(MemoryDelivery {
+            message: Some(message),
+            queue: Arc::clone(&self.queue),
+            inner: Arc::clone(&self.inner),
+        })
+    }
+}
+
 impl Consumer for MemoryConsumer {
     type Delivery = MemoryDelivery;
 
@@ -612,23 +628,15 @@ impl Consumer for MemoryConsumer {
             if self.cancelled {
                 return None;
             }
+            // Fast path: take a ready message without registering for a wake-up.
+            if let Some(delivery) = self.try_take() {
+                return Some(Ok(delivery));
+            }
             let notified = self.queue.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            let message = {
-                let mut ready = self.queue.lock_ready();
-                let message = ready.pop_front();
-                if message.is_some() {
-                    self.queue.in_flight.fetch_add(1, Ordering::SeqCst);
-                }
-                message
-            };
-            if let Some(message) = message {
-                return Some(Ok(MemoryDelivery {
-                    message: Some(message),
-                    queue: Arc::clone(&self.queue),
-                    inner: Arc::clone(&self.inner),
-                }));
+            if let Some(delivery) = self.try_take() {
+                return Some(Ok(delivery));
             }
             notified.await;
         }

@@ -39,6 +39,26 @@ impl TraceContext {
         }
     }
 
+    /// The `traceparent` form, written without the formatting machinery: one allocation.
+    fn traceparent(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        for shift in (0..32).rev() {
+            text.push(char::from(
+                HEX[(self.trace_id >> (shift * 4)) as usize & 0xf],
+            ));
+        }
+        text.push('-');
+        for shift in (0..16).rev() {
+            text.push(char::from(
+                HEX[(self.span_id >> (shift * 4)) as usize & 0xf],
+            ));
+        }
+        text.push_str(if self.sampled { "-01" } else { "-00" });
+        text
+    }
+
     /// Parses a `traceparent` header (version `00`).
     pub fn parse(traceparent: &str) -> Option<Self> {
         let mut parts = traceparent.trim().split('-');
@@ -76,7 +96,7 @@ impl TraceContext {
 
     /// Writes this context as `traceparent`, keeping `tracestate` from `parent` when given.
     pub(crate) fn write(&self, to: &mut Headers, parent: Option<&Headers>) {
-        to.insert(headers::TRACEPARENT, self.to_string());
+        to.insert(headers::TRACEPARENT, self.traceparent());
         if let Some(state) = parent.and_then(|p| p.get(headers::TRACESTATE)) {
             to.insert(headers::TRACESTATE, state);
         }

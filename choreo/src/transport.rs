@@ -246,6 +246,16 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in the order the guide lists them.
+    pub const ALL: [Self; 6] = [
+        Self::Permanent,
+        Self::RetriesExhausted,
+        Self::Decode,
+        Self::UnknownVersion,
+        Self::TooLarge,
+        Self::Malformed,
+    ];
+
     /// The header value: `permanent`, `retries-exhausted`, `decode`, `unknown-version`,
     /// `too-large` or `malformed`.
     pub fn as_str(self) -> &'static str {
@@ -357,14 +367,7 @@ mod tests {
 
     #[test]
     fn failure_kinds_round_trip() {
-        for kind in [
-            FailureKind::Permanent,
-            FailureKind::RetriesExhausted,
-            FailureKind::Decode,
-            FailureKind::UnknownVersion,
-            FailureKind::TooLarge,
-            FailureKind::Malformed,
-        ] {
+        for kind in FailureKind::ALL {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
         }
     }

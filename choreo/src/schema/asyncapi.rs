@@ -21,14 +21,6 @@ pub(super) const ASYNCAPI_VERSION: &str = "3.0.0";
 const AMQP_BINDING: &str = "0.3.0";
 const ENVELOPE_HEADERS: &str = "choreo.envelope-headers";
 const FAILURE_HEADERS: &str = "choreo.failure-headers";
-const FAILURE_KINDS: [FailureKind; 6] = [
-    FailureKind::Permanent,
-    FailureKind::RetriesExhausted,
-    FailureKind::Decode,
-    FailureKind::UnknownVersion,
-    FailureKind::TooLarge,
-    FailureKind::Malformed,
-];
 
 pub(super) fn document(contracts: &Contracts) -> Value {
     let description = contracts.description();
@@ -389,7 +381,7 @@ fn envelope_headers() -> Value {
 fn failure_headers() -> Value {
     use headers::failure as h;
     let time = |description: &str| json!({ "type": "string", "format": "date-time", "description": description });
-    let kinds: Vec<&str> = FAILURE_KINDS.iter().map(|k| k.as_str()).collect();
+    let kinds: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
     json!({
         "type": "object",
         "title": "choreo failure headers",
@@ -601,9 +593,9 @@ mod tests {
     #[test]
     fn every_failure_kind_is_documented() {
         let kinds = failure_headers()["properties"][headers::failure::KIND]["enum"].clone();
-        for kind in FAILURE_KINDS {
+        for kind in FailureKind::ALL {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
-            // A new kind fails to compile here until it is added to `FAILURE_KINDS`.
+            // A new kind fails to compile here until it is added to `FailureKind::ALL`.
             match kind {
                 FailureKind::Permanent
                 | FailureKind::RetriesExhausted
@@ -613,6 +605,6 @@ mod tests {
                 | FailureKind::Malformed => {}
             }
         }
-        assert_eq!(kinds.as_array().map(Vec::len), Some(FAILURE_KINDS.len()));
+        assert_eq!(kinds.as_array().map(Vec::len), Some(FailureKind::ALL.len()));
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -48,25 +47,60 @@ pub(super) struct HandlerRuntime<T, S> {
 
 pub(super) async fn consume_loop<T: Transport, S: IdempotencyStore>(
     runtime: Arc<HandlerRuntime<T, S>>,
-    mut consumer: T::Consumer,
+    consumer: T::Consumer,
     concurrency: usize,
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency));
+    // `concurrency` long-lived workers take turns at the consumer: no task per message.
+    let consumer = Arc::new(tokio::sync::Mutex::new(consumer));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        workers.spawn(consume_worker(
+            Arc::clone(&runtime),
+            Arc::clone(&consumer),
+            stop.clone(),
+            hard_stop.clone(),
+        ));
+    }
+    let all_done = async { while workers.join_next().await.is_some() {} };
+    let mut all_done = std::pin::pin!(all_done);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = &mut all_done => {}
+    }
+    // Stop deliveries at once; workers finish (or, past the grace period, return) what they
+    // hold.
+    consumer.lock().await.cancel().await;
+    all_done.await;
+}
+
+async fn consume_worker<T: Transport, S: IdempotencyStore>(
+    runtime: Arc<HandlerRuntime<T, S>>,
+    consumer: Arc<tokio::sync::Mutex<T::Consumer>>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let next = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            next = consumer.next() => next,
+        // Polling `stop.cancelled()` registers a waiter on the token (a lock, and another to
+        // unregister): check the flag, and wait on the token only when we must wait.
+        if stop.is_cancelled() {
+            break;
+        }
+        let next = {
+            let mut consumer = match consumer.try_lock() {
+                Ok(consumer) => consumer,
+                Err(_) => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    consumer = consumer.lock() => consumer,
+                },
+            };
+            tokio::select! {
+                biased;
+                next = consumer.next() => next,
+                () = stop.cancelled() => break,
+            }
         };
         match next {
             None => break,
@@ -75,23 +109,15 @@ pub(super) async fn consume_loop<T: Transport, S: IdempotencyStore>(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Some(Ok(delivery)) => {
-                let runtime = Arc::clone(&runtime);
-                let hard_stop = hard_stop.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        biased;
-                        () = runtime.process(delivery) => {}
-                        // Dropping the unsettled delivery returns it to the broker.
-                        () = hard_stop.cancelled() => {}
-                    }
-                    drop(permit);
-                });
+                tokio::select! {
+                    biased;
+                    () = runtime.process(delivery) => {}
+                    // Dropping the unsettled delivery returns it to the broker.
+                    () = hard_stop.cancelled() => {}
+                }
             }
         }
     }
-    consumer.cancel().await;
-    // Every permit back means every in-flight message is settled or returned.
-    let _all = permits.acquire_many(concurrency as u32).await;
 }
 
 impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
