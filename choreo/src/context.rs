@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::envelope::{Headers, Message, Metadata, derived_id};
 use crate::error::PublishError;
 use crate::event::{Event, EventType};
-use crate::trace::TraceContext;
+use crate::trace::{self, TraceContext};
 
 /// Envelope metadata of the message being handled, and the way to publish follow-up events.
 ///
@@ -100,7 +100,14 @@ impl Context {
 
     /// The trace context of this run: the incoming message's trace, in a span of its own.
     /// Events the handler publishes continue this trace.
+    ///
+    /// With the `opentelemetry` feature and a `tracing-opentelemetry` layer, it is the current
+    /// span: the run's `choreo.handle` span, or a span the handler entered in it.
     pub fn trace(&self) -> TraceContext {
+        trace::current_span().unwrap_or_else(|| self.own_trace())
+    }
+
+    fn own_trace(&self) -> TraceContext {
         *self.scope.trace.get_or_init(|| {
             TraceContext::from_headers(&self.scope.meta.headers)
                 .map_or_else(TraceContext::root, |parent| parent.child())
@@ -165,9 +172,11 @@ impl Context {
         let seq = outbox.messages.len() as u32;
         let id = derived_id(incoming.id, &[&handler.queue, E::NAME], seq);
         let mut extra = Headers::new();
-        self.trace()
-            .child()
-            .write(&mut extra, Some(&incoming.headers));
+        if !trace::write_current_span(&mut extra, &incoming.headers) {
+            self.own_trace()
+                .child()
+                .write(&mut extra, Some(&incoming.headers));
+        }
         outbox.messages.push(Message {
             meta: Metadata {
                 id,

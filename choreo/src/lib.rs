@@ -50,6 +50,9 @@
 //! # Features
 //!
 //! - `macros` (default): `#[derive(Event)]` and `#[handler]`.
+//! - `opentelemetry`: with a `tracing-opentelemetry` 0.34 layer installed, a `choreo.handle`
+//!   span's OpenTelemetry parent is the span that published its message, and published
+//!   messages carry the current span's context ([`trace`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -536,37 +536,39 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, message: Message) -> Result<(), TransportError> {
-        let mut routed = false;
-        {
-            let routes = self
-                .inner
-                .routes
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(queues) = routes.get(&*message.meta.name) {
-                let version = message.meta.version;
-                let mut targets = queues.iter().filter(|(v, _)| *v == version).peekable();
-                while let Some((_, queue)) = targets.next() {
-                    routed = true;
-                    if targets.peek().is_none() && self.inner.published.is_none() {
-                        queue.enqueue(message);
-                        return Ok(());
-                    }
-                    queue.enqueue(message.clone());
-                }
-            }
-        }
-        if !routed && self.inner.unroutable == Unroutable::Error {
+        let routes = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let version = message.meta.version;
+        let mut targets = routes
+            .get(&*message.meta.name)
+            .into_iter()
+            .flatten()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, queue)| queue)
+            .peekable();
+        if targets.peek().is_none() && self.inner.unroutable == Unroutable::Error {
             return Err(TransportError::Unroutable {
                 exchange: message.exchange().to_owned(),
                 routing_key: message.meta.routing_key(),
             });
         }
+        // Recorded before it is enqueued, so the log never shows a follow-up event before
+        // the message that caused it.
         if let Some(published) = &self.inner.published {
             published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(message);
+                .push(message.clone());
+        }
+        while let Some(queue) = targets.next() {
+            if targets.peek().is_none() {
+                queue.enqueue(message);
+                break;
+            }
+            queue.enqueue(message.clone());
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::envelope::{Headers, Message};
 use crate::error::PublishError;
 use crate::event::Event;
-use crate::trace::TraceContext;
+use crate::trace;
 use crate::transport::Transport;
 
 /// Publishes events into the choreography from outside a handler.
@@ -131,11 +131,6 @@ impl<T: Transport> Publisher<T> {
         if let Some(correlation_id) = options.correlation_id {
             message.meta.correlation_id = correlation_id;
         }
-        // Continue the caller's trace when the options carry one, else start one.
-        let trace = TraceContext::from_headers(&options.headers)
-            .map_or_else(TraceContext::root, |parent| parent.child());
-        message.meta.headers = options.headers;
-        trace.write(&mut message.meta.headers, None);
         let id = message.meta.id;
         let span = tracing::debug_span!(
             "choreo.publish",
@@ -144,6 +139,9 @@ impl<T: Transport> Publisher<T> {
             message_id = %id,
             correlation_id = %message.meta.correlation_id,
         );
+        // Continue the caller's trace when the options carry one, else start one.
+        message.meta.headers = options.headers;
+        trace::write_published(&span, &mut message.meta.headers);
         let started = Instant::now();
         self.transport.publish(message).instrument(span).await?;
         self.confirm_latency.record(started.elapsed());

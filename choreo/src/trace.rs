@@ -4,10 +4,17 @@
 //! a trace, or continues the caller's when its options carry one; every event a handler
 //! publishes continues the trace of the message it handles. One business flow across any
 //! number of services is therefore one trace, whichever tracing backend reads it.
+//!
+//! With the `opentelemetry` feature and a `tracing-opentelemetry` layer installed, the trace
+//! context is that of the exported spans: a `choreo.handle` span is a child of the span that
+//! published its message, and a message carries the span it was published in.
 
 use std::fmt;
 
 use crate::envelope::{Headers, headers};
+
+#[cfg(feature = "opentelemetry")]
+mod otel;
 
 /// A position in a trace: which trace, which span, and whether it is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +108,71 @@ impl TraceContext {
             to.insert(headers::TRACESTATE, state);
         }
     }
+}
+
+/// The context of the current span, when an OpenTelemetry layer records it: inside a handler,
+/// its `choreo.handle` span or a span the handler entered.
+#[inline]
+pub(crate) fn current_span() -> Option<TraceContext> {
+    #[cfg(feature = "opentelemetry")]
+    {
+        otel::current()
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        None
+    }
+}
+
+/// Makes the trace context `parent` of a message, with the `tracestate` in its `headers`, the
+/// OpenTelemetry parent of `span`, the span that handles it.
+#[inline]
+pub(crate) fn set_parent(span: &tracing::Span, parent: TraceContext, headers: &Headers) {
+    #[cfg(feature = "opentelemetry")]
+    otel::set_parent(span, parent, headers);
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = (span, parent, headers);
+}
+
+/// Writes the current span as the `traceparent` of an event a handler publishes, keeping the
+/// `tracestate` of `incoming`, the message handled; returns `false`, writing nothing, when no
+/// OpenTelemetry layer records the current span.
+#[inline]
+pub(crate) fn write_current_span(to: &mut Headers, incoming: &Headers) -> bool {
+    #[cfg(feature = "opentelemetry")]
+    {
+        otel::write_span(&tracing::Span::current(), to, Some(incoming))
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        let _ = (to, incoming);
+        false
+    }
+}
+
+/// Writes the trace context of a message published from outside a handler, in `span`, into
+/// `to`, the headers the caller gave: continues the caller's `traceparent` in `to` when there
+/// is one, else starts a trace. With an OpenTelemetry layer the message carries `span` (whose
+/// parent is the caller's `traceparent`, or else the caller's current span), or the current
+/// span when `span` is disabled.
+pub(crate) fn write_published(span: &tracing::Span, to: &mut Headers) {
+    let caller = TraceContext::from_headers(to);
+    #[cfg(feature = "opentelemetry")]
+    {
+        if let Some(caller) = caller {
+            otel::set_parent(span, caller, to);
+        }
+        if otel::write_span(span, to, None)
+            || (caller.is_none() && otel::write_span(&tracing::Span::current(), to, None))
+        {
+            return;
+        }
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = span;
+    caller
+        .map_or_else(TraceContext::root, |parent| parent.child())
+        .write(to, None);
 }
 
 impl fmt::Display for TraceContext {

@@ -65,14 +65,16 @@ pub(super) async fn consume_loop<T: Transport, S: IdempotencyStore>(
     }
     let all_done = async { while workers.join_next().await.is_some() {} };
     let mut all_done = std::pin::pin!(all_done);
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = &mut all_done => {}
-    }
+    let finished = tokio::select! {
+        () = stop.cancelled() => false,
+        () = &mut all_done => true,
+    };
     // Stop deliveries at once; workers finish (or, past the grace period, return) what they
     // hold.
     consumer.lock().await.cancel().await;
-    all_done.await;
+    if !finished {
+        all_done.await;
+    }
 }
 
 async fn consume_worker<T: Transport, S: IdempotencyStore>(
@@ -150,6 +152,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         if !span.is_disabled() {
             if let Some(trace) = TraceContext::from_headers(&message.meta.headers) {
                 span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+                crate::trace::set_parent(&span, trace, &message.meta.headers);
             }
         }
         self.handle(delivery, started).instrument(span).await;
