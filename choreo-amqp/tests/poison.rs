@@ -199,7 +199,10 @@ async fn poisoned_messages_are_listed_by_kind_and_shown_without_loss() {
                 .ends_with("cannot be charged"),
             "{message:?}"
         );
-        assert_eq!(message.exchange.as_deref(), Some("orders"));
+        assert_eq!(
+            message.exchange.as_deref(),
+            Some(s.broker.exchange("orders").as_str())
+        );
         assert_eq!(
             message.routing_key.as_deref(),
             Some("orders.order-placed.v1")

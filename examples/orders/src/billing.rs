@@ -153,12 +153,21 @@ async fn capture_payment(
     State(gateway): State<PaymentGateway>,
 ) -> Result<(), HandlerError> {
     match gateway.charge(&order.order_id, &order.customer, order.total_cents) {
-        Ok(payment) => ctx.publish(&PaymentCaptured {
-            order_id: order.order_id,
-            payment_id: payment.id,
-            amount_cents: payment.amount_cents,
-            lines: order.lines,
-        })?,
+        Ok(payment) => {
+            // Logged inside the handler's `choreo.handle` span, so the line carries its fields.
+            tracing::info!(
+                order_id = %order.order_id,
+                payment_id = %payment.id,
+                amount_cents = payment.amount_cents,
+                "payment captured"
+            );
+            ctx.publish(&PaymentCaptured {
+                order_id: order.order_id,
+                payment_id: payment.id,
+                amount_cents: payment.amount_cents,
+                lines: order.lines,
+            })?;
+        }
         Err(ChargeError::Declined(reason)) => ctx.publish(&PaymentDeclined {
             order_id: order.order_id,
             reason,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use choreo::{
     Transport,
 };
 use choreo_amqp::{AmqpConfig, AmqpError, AmqpTransport};
+use tokio::net::TcpListener;
 
 use crate::billing::PaymentGateway;
 use crate::events::{OrderLine, OrderPlaced};
+use crate::health;
 use crate::inventory::Warehouse;
 use crate::orders::{OrderBook, OrderStatus, place_order};
 use crate::timeline::{Counts, Timeline, Unsettled};
@@ -86,6 +89,9 @@ pub enum DemoError {
     /// RabbitMQ could not be reached, or refused to delete the demo's queues.
     #[error(transparent)]
     Broker(#[from] AmqpError),
+    /// The health endpoint stopped accepting connections or did not answer.
+    #[error("health endpoint: {0}")]
+    Health(#[from] std::io::Error),
 }
 
 /// The backends the demo starts with: stock, customers' funds, and a gateway that times out
@@ -232,27 +238,85 @@ pub async fn run_demo_on_rabbitmq(
     config: &AmqpConfig,
     timeline: &Timeline,
 ) -> Result<Summary, DemoError> {
+    let (summary, _) = on_rabbitmq(config, timeline, None).await?;
+    Ok(summary)
+}
+
+/// As [`run_demo_on_rabbitmq`], and serves the four services' health on `listener` while
+/// they run ([`health::serve`]). After the last scenario, with the services still running,
+/// it asks the endpoint itself, `GET /health/live` then `GET /health/ready`, and returns the
+/// answers with the summary.
+///
+/// # Errors
+///
+/// As [`run_demo_on_rabbitmq`], and [`DemoError::Health`] when the endpoint fails or does
+/// not answer.
+pub async fn run_demo_on_rabbitmq_with_health(
+    config: &AmqpConfig,
+    timeline: &Timeline,
+    listener: TcpListener,
+) -> Result<(Summary, Vec<(&'static str, health::Response)>), DemoError> {
+    on_rabbitmq(config, timeline, Some(listener)).await
+}
+
+async fn on_rabbitmq(
+    config: &AmqpConfig,
+    timeline: &Timeline,
+    health: Option<TcpListener>,
+) -> Result<(Summary, Vec<(&'static str, health::Response)>), DemoError> {
     let backends = backends();
     let mut deployed = Vec::new();
     let played = match deploy(config, &backends, timeline, &mut deployed).await {
         Ok(front_door) => {
-            play(
+            let scenarios = play(
                 &front_door,
                 &backends.orders,
                 timeline,
                 Quiet::Settled(timeline),
-            )
-            .await
+            );
+            match health {
+                None => scenarios.await.map(|()| Vec::new()),
+                Some(listener) => {
+                    let running: Vec<&RunningService> =
+                        deployed.iter().filter_map(|d| d.running.as_ref()).collect();
+                    with_health(listener, &running, scenarios).await
+                }
+            }
         }
         Err(error) => Err(error),
     };
     let torn_down = tear_down(deployed).await;
-    played?;
+    let probes = played?;
     torn_down?;
-    Ok(Summary {
+    let summary = Summary {
         orders: backends.orders.all(),
         messages: timeline.counts(),
-    })
+    };
+    Ok((summary, probes))
+}
+
+/// Runs `scenarios` while `listener` serves the health of `running`, then probes it.
+async fn with_health(
+    listener: TcpListener,
+    running: &[&RunningService],
+    scenarios: impl Future<Output = Result<(), DemoError>>,
+) -> Result<Vec<(&'static str, health::Response)>, DemoError> {
+    let addr = listener.local_addr()?;
+    let server = health::serve(listener, || health::Report::of(running.iter().copied()));
+    let client = async {
+        scenarios.await?;
+        let mut probes = Vec::new();
+        for path in [health::LIVE, health::READY] {
+            probes.push((path, health::get(addr, path).await?));
+        }
+        Ok(probes)
+    };
+    tokio::select! {
+        served = server => Err(DemoError::Health(served.err().unwrap_or_else(|| {
+            std::io::Error::other("the health endpoint stopped")
+        }))),
+        probes = client => probes,
+    }
 }
 
 /// One service on a transport of its own.

@@ -17,14 +17,19 @@
 //! [`State`](choreo::State): the [`OrderBook`], the [`PaymentGateway`], the [`Warehouse`] and
 //! the [`Dispatch`]. [`services`] builds all four; [`demo::run_demo`] plays the scenarios on
 //! the in-memory transport, and [`demo::run_demo_on_rabbitmq`] plays them on RabbitMQ with
-//! each service on a connection of its own.
+//! each service on a connection of its own. [`health`] serves the services' liveness and
+//! readiness over HTTP; with the `otel` feature, `telemetry` exports their spans through
+//! OpenTelemetry.
 
 pub mod billing;
 pub mod demo;
 pub mod events;
+pub mod health;
 pub mod inventory;
 pub mod orders;
 pub mod shipping;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod timeline;
 
 use std::time::Duration;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use choreo::{Context, HandlerError, PublishError, Publisher, Service, State, Transport, handler};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::events::{
@@ -81,7 +82,9 @@ pub async fn place_order<T: Transport>(
     order: &OrderPlaced,
 ) -> Result<Uuid, PublishError> {
     book.set(&order.order_id, OrderStatus::Placed);
-    publisher.publish(order).await
+    // The front door's own span: the root of the order's trace.
+    let span = tracing::info_span!("place_order", order_id = %order.order_id);
+    publisher.publish(order).instrument(span).await
 }
 
 /// The orders service, keeping its records in `book`.
