@@ -27,8 +27,9 @@
 //!
 //! Client CPU is this process's CPU time over the round (see [`CpuClock`]) divided by the
 //! number of events: publishing and consuming together, user and system time, on every thread
-//! (the 2 tokio workers and lapin's I/O threads). The broker runs on the same 2 cores, so
-//! client CPU also bounds throughput.
+//! (the 2 tokio workers and lapin's I/O threads). When the broker runs on this machine (a
+//! `beam.smp` process is visible), its CPU time per event is shown too: client and broker
+//! share the same cores, so throughput follows the sum of the two.
 //!
 //! Both sides stay connected for the whole of a queue type's run, like long-lived services;
 //! after a warm-up of each, rounds alternate which side goes first. Queue and exchange names
@@ -292,20 +293,59 @@ struct Measurement {
     p50: Duration,
     p99: Duration,
     cpu_per_msg: Duration,
+    broker_per_msg: Option<Duration>,
 }
 
 impl Measurement {
-    fn new(events: u64, elapsed: Duration, cpu: Duration, latencies: &[u64]) -> Self {
+    fn new(
+        events: u64,
+        elapsed: Duration,
+        cpu: Duration,
+        broker: Option<Duration>,
+        latencies: &[u64],
+    ) -> Self {
         let at = |q: usize| {
             Duration::from_nanos(latencies[(latencies.len() * q / 100).min(latencies.len() - 1)])
         };
+        let per_msg = |total: Duration| total / u32::try_from(events).unwrap_or(u32::MAX);
         Self {
             msgs_per_sec: events as f64 / elapsed.as_secs_f64(),
             p50: at(50),
             p99: at(99),
-            cpu_per_msg: cpu / u32::try_from(events).unwrap_or(u32::MAX),
+            cpu_per_msg: per_msg(cpu),
+            broker_per_msg: broker.map(per_msg),
         }
     }
+}
+
+/// CPU time of the broker when it runs on this machine: the clock ticks of every `beam.smp`
+/// process. Coarse (10 ms), but a round costs the broker seconds.
+fn broker_cpu() -> Option<Duration> {
+    let mut ticks = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let is_broker =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "beam.smp");
+        if !is_broker {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some((_, after_name)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        // utime and stime, fields 14 and 15.
+        ticks += after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|field| field.parse::<u64>().ok())
+            .sum::<u64>();
+        found = true;
+    }
+    found.then(|| Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
 /// Runs a round: arms `sink`, starts `publish` on a task of its own, and waits until the
@@ -317,6 +357,7 @@ async fn measure(
     publish: impl FnOnce() -> JoinHandle<Result<(), BoxError>>,
 ) -> Result<Measurement, BoxError> {
     sink.arm(first_id, events);
+    let broker = broker_cpu();
     let cpu = CpuClock::now()?;
     let started = Instant::now();
     let publishing = publish();
@@ -329,16 +370,21 @@ async fn measure(
     .map_err(|_| "the round did not finish within 2 minutes")??;
     let elapsed = started.elapsed();
     let cpu = cpu.until(&CpuClock::now()?);
+    let broker = broker
+        .zip(broker_cpu())
+        .map(|(before, after)| after.saturating_sub(before));
     Ok(Measurement::new(
         events,
         elapsed,
         cpu,
+        broker,
         &sink.latencies(events)?,
     ))
 }
 
 /// Plain lapin: a publishing connection with one confirm channel, and a consuming connection.
 struct Lapin {
+    url: String,
     publishing: Connection,
     consuming: Connection,
     channel: Channel,
@@ -418,6 +464,7 @@ impl Lapin {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
+            url: url.to_owned(),
             publishing,
             consuming,
             channel,
@@ -477,17 +524,21 @@ impl Lapin {
         .await
     }
 
+    /// Deletes the queue and exchange on a connection of its own: after a failed round the
+    /// broker may have closed the others.
     async fn stop(self) -> Result<(), BoxError> {
-        let channel = self.consuming.create_channel().await?;
+        self.consumer.abort();
+        let _ = self.publishing.close(200, "done".into()).await;
+        let _ = self.consuming.close(200, "done".into()).await;
+        let teardown = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let channel = teardown.create_channel().await?;
         channel
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
         channel
             .exchange_delete(self.exchange.clone(), ExchangeDeleteOptions::default())
             .await?;
-        self.consumer.abort();
-        self.publishing.close(200, "done".into()).await?;
-        self.consuming.close(200, "done".into()).await?;
+        teardown.close(200, "done".into()).await?;
         Ok(())
     }
 }
@@ -575,14 +626,18 @@ impl Choreo {
         .await
     }
 
+    /// Stops the service and deletes its queues and exchanges, even when the service
+    /// stopped badly; returns the first error.
     async fn stop(self) -> Result<(), BoxError> {
-        self.service.shutdown().await?;
-        self.transport.delete_queues(&self.topology).await?;
+        let stopped = self.service.shutdown().await;
+        let mut deleted = self.transport.delete_queues(&self.topology).await;
         for domain in &self.topology.exchanges {
-            self.transport.delete_exchange(domain).await?;
+            let exchange = self.transport.delete_exchange(domain).await;
+            deleted = deleted.and(exchange);
         }
         self.transport.close().await;
-        Ok(())
+        stopped?;
+        Ok(deleted?)
     }
 }
 
@@ -614,18 +669,30 @@ impl Row {
 
 fn print_header() {
     println!(
-        "{:>6}  {:>6}  {:>9} {:>8} {:>8} {:>8}",
-        "round", "side", "msgs/s", "p50 ms", "p99 ms", "µs/msg"
+        "{:>6}  {:>6}  {:>9} {:>8} {:>8} {:>10} {:>10}",
+        "round", "side", "msgs/s", "p50 ms", "p99 ms", "client µs", "broker µs"
     );
 }
 
 fn print_side(label: &str, side: &str, m: &Measurement) {
+    let broker = m.broker_per_msg.map_or_else(
+        || "-".to_owned(),
+        |b| format!("{:.1}", b.as_secs_f64() * 1e6),
+    );
     println!(
-        "{label:>6}  {side:>6}  {:>9.0} {:>8.2} {:>8.2} {:>8.1}",
+        "{label:>6}  {side:>6}  {:>9.0} {:>8.2} {:>8.2} {:>10.1} {broker:>10}",
         m.msgs_per_sec,
         m.p50.as_secs_f64() * 1e3,
         m.p99.as_secs_f64() * 1e3,
         m.cpu_per_msg.as_secs_f64() * 1e6,
+    );
+}
+
+/// Throughput and client CPU per message, choreo over lapin.
+fn print_ratios(throughput: f64, cpu: f64) {
+    println!(
+        "{:>6}  {:>6}  {throughput:>9.2} {:>8} {:>8} {cpu:>10.2}",
+        "", "ratio", "", ""
     );
 }
 
@@ -692,15 +759,7 @@ async fn compare(
         let label = round.to_string();
         print_side(&label, "lapin", &row.lapin);
         print_side("", "choreo", &row.choreo);
-        println!(
-            "{:>6}  {:>6}  {:>9.2} {:>8} {:>8} {:>8.2}",
-            "",
-            "ratio",
-            row.throughput_ratio(),
-            "",
-            "",
-            row.cpu_ratio()
-        );
+        print_ratios(row.throughput_ratio(), row.cpu_ratio());
         rows.push(row);
     }
     Ok(rows)
@@ -714,6 +773,14 @@ fn summarize(queue_type: QueueType, rows: &[Row]) -> bool {
         p50: Duration::from_secs_f64(column(&|r| pick(r).p50.as_secs_f64())),
         p99: Duration::from_secs_f64(column(&|r| pick(r).p99.as_secs_f64())),
         cpu_per_msg: Duration::from_secs_f64(column(&|r| pick(r).cpu_per_msg.as_secs_f64())),
+        broker_per_msg: rows
+            .iter()
+            .all(|r| pick(r).broker_per_msg.is_some())
+            .then(|| {
+                Duration::from_secs_f64(column(&|r| {
+                    pick(r).broker_per_msg.map_or(0.0, |b| b.as_secs_f64())
+                }))
+            }),
     };
     print_side("median", "lapin", &side(|r| &r.lapin));
     print_side("", "choreo", &side(|r| &r.choreo));
@@ -723,10 +790,7 @@ fn summarize(queue_type: QueueType, rows: &[Row]) -> bool {
         .map(Row::throughput_ratio)
         .fold(f64::INFINITY, f64::min);
     let cpu = column(&|r| r.cpu_ratio());
-    println!(
-        "{:>6}  {:>6}  {:>9.2} {:>8} {:>8} {:>8.2}",
-        "", "ratio", throughput, "", "", cpu
-    );
+    print_ratios(throughput, cpu);
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let throughput_met = throughput >= 1.0 && lowest >= 0.95;
     let cpu_met = cpu <= 1.15;
@@ -754,7 +818,8 @@ async fn run() -> Result<(), BoxError> {
     println!(
         "one handler, {}-byte persistent JSON event, {WINDOW} publishes in flight, prefetch \
          {PREFETCH}, {} rounds of {} events per side after a warm-up of {}, tokio \
-         multi-thread runtime with 2 workers; CPU is the client process's, all threads",
+         multi-thread runtime with 2 workers; CPU time per message of the client (this \
+         process, all threads) and of the broker (when it runs here)",
         body.len(),
         settings.rounds,
         settings.events,

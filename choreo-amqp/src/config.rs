@@ -81,7 +81,7 @@ impl AmqpConfig {
             reconnect_max: Duration::from_secs(5),
             max_body_size: 1024 * 1024,
             mandatory: true,
-            publish_channels: 4,
+            publish_channels: 1,
             connection_name: "choreo".to_owned(),
             management_url: None,
             tls: OwnedTLSConfig::default(),
@@ -158,7 +158,8 @@ impl AmqpConfig {
         self
     }
 
-    /// How many channels publish at once. Default: 4.
+    /// How many confirm-mode channels publish at once. Default: 1, which already keeps many
+    /// publishes in flight; each further channel costs the broker CPU per message.
     #[must_use]
     pub fn publish_channels(mut self, channels: usize) -> Self {
         self.publish_channels = channels;
