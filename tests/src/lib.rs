@@ -56,4 +56,8 @@ pub mod book {
     /// Contracts for other teams.
     #[doc = include_str!("../../book/src/contracts.md")]
     pub mod contracts {}
+
+    /// Performance.
+    #[doc = include_str!("../../book/src/performance.md")]
+    pub mod performance {}
 }
