@@ -23,6 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 
+use crate::acks::Acks;
 use crate::error::AmqpError;
 use crate::publisher::Target;
 use crate::topology::short;
@@ -49,6 +50,7 @@ struct Active {
     channel: Channel,
     consumer: lapin::Consumer,
     generation: u64,
+    acks: Arc<Acks>,
 }
 
 impl AmqpConsumer {
@@ -87,6 +89,7 @@ impl AmqpConsumer {
             .await
             .map_err(|e| AmqpError::broker(format!("consuming `{}`", self.queue.name), e))?;
         Ok(Active {
+            acks: Arc::new(Acks::new(channel.clone(), self.prefetch)),
             channel,
             consumer,
             generation: current.generation,
@@ -131,10 +134,12 @@ impl Consumer for AmqpConsumer {
             let next = poll_fn(|cx| Pin::new(&mut active.consumer).poll_next(cx)).await;
             match next {
                 Some(Ok(delivery)) => {
+                    active.acks.delivered(delivery.delivery_tag);
                     return Some(Ok(AmqpDelivery::new(
                         delivery,
                         Arc::clone(&self.shared),
                         Arc::clone(&self.queue),
+                        Arc::clone(&active.acks),
                     )));
                 }
                 Some(Err(error)) => {
@@ -201,6 +206,7 @@ pub struct AmqpDelivery {
     message: Result<Message, wire::Malformed>,
     shared: Arc<Shared>,
     queue: Arc<QueueNames>,
+    acks: Arc<Acks>,
 }
 
 impl fmt::Debug for AmqpDelivery {
@@ -217,6 +223,7 @@ impl AmqpDelivery {
         mut delivery: lapin::message::Delivery,
         shared: Arc<Shared>,
         queue: Arc<QueueNames>,
+        acks: Arc<Acks>,
     ) -> Self {
         // The body moves into the message; moves to retry or poison queues publish from it.
         let body = std::mem::take(&mut delivery.data);
@@ -226,6 +233,7 @@ impl AmqpDelivery {
             message,
             shared,
             queue,
+            acks,
         }
     }
 
@@ -266,7 +274,7 @@ impl AmqpDelivery {
                 body,
             )
             .await;
-        match moved {
+        let settled = match moved {
             Ok(()) => ack(&delivery).await,
             Err(error) => {
                 // Not moved: hand it back so it is delivered again, not held until the
@@ -274,7 +282,9 @@ impl AmqpDelivery {
                 let _ = delivery.acker.nack(REQUEUE).await;
                 Err(error.into())
             }
-        }
+        };
+        self.acks.settled_elsewhere(delivery.delivery_tag);
+        settled
     }
 }
 
@@ -299,7 +309,10 @@ impl Delivery for AmqpDelivery {
 
     async fn ack(mut self) -> Result<(), TransportError> {
         let delivery = self.take();
-        ack(&delivery).await
+        self.acks
+            .ack(delivery.delivery_tag)
+            .await
+            .map_err(|e| AmqpError::broker("acknowledging", e).into())
     }
 
     async fn retry(self, retry: Retry) -> Result<(), TransportError> {
@@ -335,10 +348,9 @@ impl Delivery for AmqpDelivery {
 
     async fn requeue(mut self) -> Result<(), TransportError> {
         let delivery = self.take();
-        delivery
-            .acker
-            .nack(REQUEUE)
-            .await
+        let returned = delivery.acker.nack(REQUEUE).await;
+        self.acks.settled_elsewhere(delivery.delivery_tag);
+        returned
             .map(drop)
             .map_err(|e| AmqpError::broker("returning a message", e).into())
     }
@@ -351,8 +363,10 @@ impl Drop for AmqpDelivery {
         };
         // Return it now rather than when the channel closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let acks = Arc::clone(&self.acks);
             runtime.spawn(async move {
                 let _ = delivery.acker.nack(REQUEUE).await;
+                acks.settled_elsewhere(delivery.delivery_tag);
             });
         }
     }

@@ -22,6 +22,7 @@
 //! - `tls`: `amqps://` URLs through rustls, verifying the broker's certificate against the
 //!   system's roots.
 
+mod acks;
 mod config;
 mod connection;
 mod consumer;
