@@ -131,19 +131,7 @@ impl Container {
                         upcast_from.set(&meta.path, types.into_iter().collect::<Vec<_>>());
                     }
                 } else if meta.path.is_ident("crate") {
-                    match string_value(cx, &meta, "crate", "\"::my_platform::choreo\"")? {
-                        Some(value) => match value.parse::<Path>() {
-                            Ok(path) => krate.set(&meta.path, path),
-                            Err(_) => {
-                                krate.set_invalid(&meta.path);
-                                cx.error_spanned_by(
-                                    &value,
-                                    "expected a path to the `choreo` crate, e.g. `crate = \"::my_platform::choreo\"`",
-                                );
-                            }
-                        },
-                        None => krate.set_invalid(&meta.path),
-                    }
+                    crate_value(cx, &meta, &mut krate)?;
                 } else if meta.path.is_ident("key") {
                     skip_value(&meta)?;
                     cx.error_spanned_by(
@@ -299,19 +287,7 @@ impl HandlerArgs {
                     None => concurrency.set_invalid(&meta.path),
                 }
             } else if meta.path.is_ident("crate") {
-                match string_value(cx, &meta, "crate", "\"::my_platform::choreo\"")? {
-                    Some(value) => match value.parse::<Path>() {
-                        Ok(path) => krate.set(&meta.path, path),
-                        Err(_) => {
-                            krate.set_invalid(&meta.path);
-                            cx.error_spanned_by(
-                                &value,
-                                "expected a path to the `choreo` crate, e.g. `crate = \"::my_platform::choreo\"`",
-                            );
-                        }
-                    },
-                    None => krate.set_invalid(&meta.path),
-                }
+                crate_value(cx, &meta, &mut krate)?;
             } else {
                 skip_value(&meta)?;
                 let unknown = path_text(&meta.path);
@@ -342,6 +318,28 @@ impl HandlerArgs {
 }
 
 /// A string literal, or `None` after reporting that the value is something else.
+/// `crate = "path"`: the path generated code uses for the runtime.
+fn crate_value(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    krate: &mut Attr<'_, Path>,
+) -> syn::Result<()> {
+    match string_value(cx, meta, "crate", "\"::my_platform::choreo\"")? {
+        Some(value) => match value.parse::<Path>() {
+            Ok(path) => krate.set(&meta.path, path),
+            Err(_) => {
+                krate.set_invalid(&meta.path);
+                cx.error_spanned_by(
+                    &value,
+                    "expected a path to the `choreo` crate, e.g. `crate = \"::my_platform::choreo\"`",
+                );
+            }
+        },
+        None => krate.set_invalid(&meta.path),
+    }
+    Ok(())
+}
+
 fn string_value(
     cx: &Ctxt,
     meta: &ParseNestedMeta<'_>,
