@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use choreo::envelope::{Headers, Rfc3339, headers, parse_rfc3339};
+use choreo::trace::TraceContext;
 use choreo::{Message, Metadata};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -52,6 +53,9 @@ pub(crate) fn properties(message: &Message) -> BasicProperties {
             headers::RETRY_TIER.into(),
             AMQPValue::LongUInt(meta.retry_tier),
         );
+    }
+    if let Some(trace) = &meta.trace {
+        put_str(&mut table, headers::TRACEPARENT, &trace.traceparent());
     }
     for (name, value) in meta.headers.iter() {
         if let Ok(name) = ShortString::try_new(name) {
@@ -176,6 +180,7 @@ pub(crate) fn decode(
     let mut key = None;
     let mut attempt = 0;
     let mut retry_tier = 0;
+    let mut trace = None;
     for (name, value) in table.inner() {
         match name.as_str() {
             headers::CAUSATION_ID => {
@@ -184,6 +189,17 @@ pub(crate) fn decode(
             headers::KEY => key = as_str(value).map(str::to_owned),
             headers::ATTEMPT => attempt = as_u32(value).unwrap_or(0),
             headers::RETRY_TIER => retry_tier = as_u32(value).unwrap_or(0),
+            // A `traceparent` that does not parse stays a header, as it came.
+            headers::TRACEPARENT if trace.is_none() => {
+                match as_str(value).and_then(TraceContext::parse) {
+                    Some(parsed) => trace = Some(parsed),
+                    None => {
+                        if let Some(text) = as_str(value) {
+                            extra.insert(headers::TRACEPARENT, text);
+                        }
+                    }
+                }
+            }
             headers::SPEC_VERSION
             | headers::ID
             | headers::TYPE
@@ -210,6 +226,7 @@ pub(crate) fn decode(
             key,
             attempt,
             retry_tier,
+            trace,
             headers: extra,
         },
         body: Bytes::from(body),
@@ -295,11 +312,14 @@ mod tests {
                 key: Some("o-1".into()),
                 attempt: 3,
                 retry_tier: 1,
+                trace: TraceContext::parse(
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
                 headers: Headers::new(),
             },
             body: Bytes::from_static(br#"{"order_id":"o-1"}"#),
         };
-        m.meta.headers.insert(headers::TRACEPARENT, "00-abc-def-01");
+        m.meta.headers.insert(headers::TRACESTATE, "vendor=abc");
         m
     }
 
@@ -334,6 +354,12 @@ mod tests {
         assert_eq!(a.causation_id, b.causation_id);
         assert_eq!(a.key, b.key);
         assert_eq!((a.attempt, a.retry_tier), (3, 1));
+        assert!(b.trace.is_some());
+        assert_eq!(a.trace, b.trace);
+        assert_eq!(
+            header_text(&props, headers::TRACEPARENT).unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
         assert_eq!(a.headers, b.headers);
         assert_eq!(decoded.body, original.body);
     }
@@ -350,6 +376,25 @@ mod tests {
         assert_eq!(a.meta.correlation_id, a.meta.id);
         assert_eq!(&*a.meta.source, "unknown");
         assert_eq!((a.meta.attempt, a.meta.retry_tier), (0, 0));
+    }
+
+    #[test]
+    fn a_traceparent_that_does_not_parse_stays_a_header() {
+        let mut table = FieldTable::default();
+        put_str(&mut table, headers::TRACEPARENT, "00-abc-def-01");
+        let props = BasicProperties::default().with_headers(table);
+        let decoded = decode(&props, "orders.order-placed.v1", b"{}".to_vec()).unwrap();
+        assert_eq!(decoded.meta.trace, None);
+        assert_eq!(
+            decoded.meta.headers.get(headers::TRACEPARENT),
+            Some("00-abc-def-01")
+        );
+        // Sent on as it came.
+        let again = properties(&decoded);
+        assert_eq!(
+            header_text(&again, headers::TRACEPARENT).unwrap(),
+            "00-abc-def-01"
+        );
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //!
 //! - **choreo**: a `Service` with one `#[choreo::handler]` of `OrderPlaced` (a ~256-byte JSON
 //!   event with a `#[choreo(key)]`) on a `MemoryTransport`, default settings — idempotency
-//!   store, retry policy, handler timeout — but for a concurrency of 2, the runtime's worker
-//!   threads (see `CONCURRENCY`). A producer task publishes every
+//!   store, retry policy, handler timeout, concurrency 16. A producer task publishes every
 //!   event through `choreo::Publisher` (serialize to JSON, build the envelope, route,
 //!   enqueue). The window ends once the handler has seen every event and the queue is idle,
 //!   that is every message is acknowledged.
@@ -44,10 +43,6 @@ use tokio::sync::{Notify, mpsc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Messages the handler works on at once: the runtime's two worker threads. The handler is
-/// CPU-bound, so more only adds task switches (16, the default, measures about 0.7 times
-/// this); I/O-bound handlers want the default or more.
-const CONCURRENCY: usize = 2;
 /// Measured rounds, each running both sides once.
 const ROUNDS: usize = 5;
 /// Events per side in a measured round.
@@ -173,7 +168,6 @@ impl Choreo {
         let service = Service::new("fulfilment")
             .state(Arc::clone(&sink))
             .handler(record_order)
-            .concurrency(CONCURRENCY)
             .start(&transport)
             .await?;
         Ok(Self {

@@ -5,10 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::envelope::{Headers, Message, Metadata, derived_id};
+use crate::envelope::{Headers, Message, Metadata, derived_id, encode_body};
 use crate::error::PublishError;
 use crate::event::{Event, EventType};
 use crate::trace::{self, TraceContext};
@@ -109,7 +108,9 @@ impl Context {
 
     fn own_trace(&self) -> TraceContext {
         *self.scope.trace.get_or_init(|| {
-            TraceContext::from_headers(&self.scope.meta.headers)
+            self.scope
+                .meta
+                .trace
                 .map_or_else(TraceContext::root, |parent| parent.child())
         })
     }
@@ -159,7 +160,7 @@ impl Context {
             }
             return Err(error);
         }
-        let body = serde_json::to_vec(event).map_err(|source| PublishError::Encode {
+        let body = encode_body(event).map_err(|source| PublishError::Encode {
             event: E::event_type(),
             source,
         })?;
@@ -172,11 +173,10 @@ impl Context {
         let seq = outbox.messages.len() as u32;
         let id = derived_id(incoming.id, &[&handler.queue, E::NAME], seq);
         let mut extra = Headers::new();
-        if !trace::write_current_span(&mut extra, &incoming.headers) {
-            self.own_trace()
-                .child()
-                .write(&mut extra, Some(&incoming.headers));
-        }
+        let trace = trace::write_current_span(&mut extra, &incoming.headers).unwrap_or_else(|| {
+            trace::keep_state(&mut extra, &incoming.headers);
+            self.own_trace().child()
+        });
         outbox.messages.push(Message {
             meta: Metadata {
                 id,
@@ -189,9 +189,10 @@ impl Context {
                 key,
                 attempt: 0,
                 retry_tier: 0,
+                trace: Some(trace),
                 headers: extra,
             },
-            body: Bytes::from(body),
+            body,
         });
         Ok(())
     }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::event::Event;
+use crate::trace::TraceContext;
 
 /// Header and property names on the wire.
 ///
@@ -98,7 +99,7 @@ impl Message {
     /// When the event cannot be serialized (a map with non-string keys, a failing custom
     /// `Serialize`).
     pub fn encode<E: Event>(event: &E, source: Arc<str>) -> Result<Self, serde_json::Error> {
-        let body = serde_json::to_vec(event)?;
+        let body = encode_body(event)?;
         let id = new_id();
         Ok(Self {
             meta: Metadata {
@@ -112,9 +113,10 @@ impl Message {
                 key: event.key(),
                 attempt: 0,
                 retry_tier: 0,
+                trace: None,
                 headers: Headers::new(),
             },
-            body: Bytes::from(body),
+            body,
         })
     }
 
@@ -140,6 +142,7 @@ impl Message {
                 key: None,
                 attempt: 0,
                 retry_tier: 0,
+                trace: None,
                 headers: Headers::new(),
             },
             body: body.into(),
@@ -175,7 +178,9 @@ pub struct Metadata {
     pub attempt: u32,
     /// Delayed retry tiers this message has passed through.
     pub retry_tier: u32,
-    /// Every other header (trace context, failure headers, foreign headers).
+    /// The W3C trace context the message continues: its `traceparent` header on the wire.
+    pub trace: Option<TraceContext>,
+    /// Every other header (`tracestate`, failure headers, foreign headers).
     pub headers: Headers,
 }
 
@@ -275,6 +280,33 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
         }
         headers
     }
+}
+
+/// `value` as JSON in a buffer of its exact size.
+///
+/// Serde writes into a scratch buffer kept per thread, so a body costs one allocation: no
+/// growing as the JSON gets longer, and no separate reference count for the `Bytes`.
+pub(crate) fn encode_body<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<Bytes, serde_json::Error> {
+    /// Scratch buffers that grew past this are let go rather than kept for the thread's life.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        // A `Serialize` impl that itself encodes a body finds the buffer taken.
+        let Ok(mut buffer) = scratch.try_borrow_mut() else {
+            return serde_json::to_vec(value).map(Bytes::from);
+        };
+        buffer.clear();
+        let written = serde_json::to_writer(&mut *buffer, value);
+        let body = written.map(|()| Bytes::copy_from_slice(&buffer));
+        if buffer.capacity() > KEEP {
+            *buffer = Vec::new();
+        }
+        body
+    })
 }
 
 /// A new message id: a UUID v7 (milliseconds since the epoch, then random bits).
@@ -435,6 +467,23 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_exact_and_encoding_nests() {
+        struct Nested;
+        impl serde::Serialize for Nested {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // Encodes a body while the outer one holds the scratch buffer.
+                let inner = encode_body(&[1, 2, 3]).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(std::str::from_utf8(&inner).map_err(serde::ser::Error::custom)?)
+            }
+        }
+        let body = encode_body(&("a", Nested)).unwrap();
+        assert_eq!(&body[..], br#"["a","[1,2,3]"]"#);
+        let big = "x".repeat(100_000);
+        assert_eq!(encode_body(&big).unwrap().len(), 100_002);
+        assert_eq!(&encode_body(&7).unwrap()[..], b"7");
+    }
 
     #[test]
     fn ids_are_v7_and_ordered_by_time() {

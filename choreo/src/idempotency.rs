@@ -8,7 +8,7 @@
 use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,22 +73,36 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 /// (default 100,000); the oldest are forgotten first. Cloning shares the store.
 #[derive(Clone, Debug)]
 pub struct MemoryIdempotencyStore {
-    inner: Arc<Mutex<HashMap<Box<str>, Keys>>>,
+    inner: Arc<Mutex<Handlers>>,
     seeds: (RandomState, RandomState),
-    ttl: Duration,
+    /// Times are kept as milliseconds since this instant: 8 bytes where an `Instant` takes 16.
+    epoch: Instant,
+    ttl: u64,
     capacity: usize,
 }
+
+/// Each handler's keys. A service has a handful of handlers: a scan beats hashing the name.
+type Handlers = Vec<(Box<str>, Keys)>;
 
 #[derive(Debug, Default)]
 struct Keys {
     entries: HashMap<KeyId, Entry, BuildHasherDefault<KeyIdHasher>>,
-    order: VecDeque<(KeyId, Instant)>,
+    /// Keys in the order they were first claimed, with when: the oldest go first.
+    order: VecDeque<(KeyId, u64)>,
 }
 
 /// A key as 128 bits of two keyed SipHashes: no allocation, no pointer to follow.
-type KeyId = u128;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KeyId(u64, u64);
 
-/// The hash of a [`KeyId`] is its low bits: they are already random.
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already random: one half is hash enough.
+        state.write_u64(self.1);
+    }
+}
+
+/// Hashes a [`KeyId`] to its low half.
 #[derive(Default)]
 struct KeyIdHasher(u64);
 
@@ -101,22 +115,23 @@ impl Hasher for KeyIdHasher {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
+/// One claimed key, in milliseconds since the store's epoch: 32 bytes a key with its id, so
+/// that a full store of 100,000 keys stays within a few megabytes.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    since: Instant,
-    state: EntryState,
+    /// When the key was first claimed.
+    since: u64,
+    /// When the claim's lease ends; [`DONE`] once a run succeeded.
+    until: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum EntryState {
-    InProgress { until: Instant },
-    Done,
-}
+/// [`Entry::until`] of a done key.
+const DONE: u64 = u64::MAX;
 
 impl Default for MemoryIdempotencyStore {
     fn default() -> Self {
@@ -135,52 +150,60 @@ impl MemoryIdempotencyStore {
         Self {
             inner: Arc::default(),
             seeds: (RandomState::new(), RandomState::new()),
-            ttl,
+            epoch: Instant::now(),
+            ttl: millis_ceil(ttl),
             capacity: capacity.max(1),
         }
     }
 
     /// How many keys `handler` has claimed or completed and not yet forgotten.
     pub fn len(&self, handler: &str) -> usize {
-        self.lock().get(handler).map_or(0, |k| k.entries.len())
+        let all = self.lock();
+        all.iter()
+            .find(|(name, _)| **name == *handler)
+            .map_or(0, |(_, keys)| keys.entries.len())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Keys>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handlers> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn key_id(&self, key: &str) -> KeyId {
-        let high = self.seeds.0.hash_one(key);
-        let low = self.seeds.1.hash_one(key);
-        (u128::from(high) << 64) | u128::from(low)
+        KeyId(self.seeds.0.hash_one(key), self.seeds.1.hash_one(key))
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn claim_now(&self, handler: &str, key: &str, lease: Duration) -> Claim {
         let id = self.key_id(key);
-        let now = Instant::now();
+        let now = self.now();
+        let until = now.saturating_add(millis_ceil(lease)).min(DONE - 1);
         let mut all = self.lock();
-        let keys = match all.get_mut(handler) {
-            Some(keys) => keys,
-            None => all.entry(handler.into()).or_default(),
+        let at = match all.iter().position(|(name, _)| **name == *handler) {
+            Some(at) => at,
+            None => {
+                all.push((handler.into(), Keys::default()));
+                all.len() - 1
+            }
         };
+        let keys = &mut all[at].1;
         keys.evict(now, self.ttl, self.capacity);
         match keys.entries.entry(id) {
             MapEntry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
-                match entry.state {
-                    EntryState::Done => Claim::Done,
-                    EntryState::InProgress { until } if until > now => Claim::InProgress,
-                    EntryState::InProgress { .. } => {
-                        entry.state = EntryState::InProgress { until: now + lease };
-                        Claim::Claimed
-                    }
+                if entry.until == DONE {
+                    Claim::Done
+                } else if entry.until > now {
+                    Claim::InProgress
+                } else {
+                    entry.until = until;
+                    Claim::Claimed
                 }
             }
             MapEntry::Vacant(vacant) => {
-                vacant.insert(Entry {
-                    since: now,
-                    state: EntryState::InProgress { until: now + lease },
-                });
+                vacant.insert(Entry { since: now, until });
                 keys.order.push_back((id, now));
                 Claim::Claimed
             }
@@ -190,12 +213,12 @@ impl MemoryIdempotencyStore {
     fn settle(&self, handler: &str, key: &str, done: bool) {
         let id = self.key_id(key);
         let mut all = self.lock();
-        let Some(keys) = all.get_mut(handler) else {
+        let Some((_, keys)) = all.iter_mut().find(|(name, _)| **name == *handler) else {
             return;
         };
         if done {
             if let Some(entry) = keys.entries.get_mut(&id) {
-                entry.state = EntryState::Done;
+                entry.until = DONE;
             }
         } else {
             keys.entries.remove(&id);
@@ -203,21 +226,32 @@ impl MemoryIdempotencyStore {
     }
 }
 
+/// `duration` in whole milliseconds, rounded up: a lease or TTL is never cut short.
+fn millis_ceil(duration: Duration) -> u64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
 impl Keys {
-    fn evict(&mut self, now: Instant, ttl: Duration, capacity: usize) {
-        while let Some((key, since)) = self.order.front() {
-            let live = self.entries.get(key).filter(|e| e.since == *since);
+    fn evict(&mut self, now: u64, ttl: u64, capacity: usize) {
+        while let Some(&(key, since)) = self.order.front() {
+            let full = self.entries.len() >= capacity;
+            // Younger than the TTL and room to spare: nothing to forget yet, and no need to
+            // look the key up.
+            if !full && now.saturating_sub(since) < ttl {
+                break;
+            }
+            let live = self.entries.get(&key).filter(|e| e.since == since);
             let Some(entry) = live else {
                 // Released and maybe re-claimed since: this slot is stale.
                 self.order.pop_front();
                 continue;
             };
-            let expired = match entry.state {
-                EntryState::Done => now.duration_since(entry.since) >= ttl,
-                EntryState::InProgress { until } => until <= now,
-            };
-            if expired || self.entries.len() >= capacity {
-                self.entries.remove(key);
+            // A key still in its lease stays past the TTL: forgetting it would let a
+            // duplicate run alongside. Only a full store takes it.
+            let expired = entry.until == DONE || entry.until <= now;
+            if full || expired {
+                self.entries.remove(&key);
                 self.order.pop_front();
             } else {
                 break;
@@ -301,6 +335,7 @@ mod tests {
             store.settle("h", "k", false);
         }
         let all = store.lock();
-        assert!(all["h"].order.len() <= 8);
+        let (_, keys) = all.iter().find(|(name, _)| &**name == "h").unwrap();
+        assert!(keys.order.len() <= 8);
     }
 }

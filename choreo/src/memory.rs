@@ -536,6 +536,10 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, message: Message) -> Result<(), TransportError> {
+        // A broker publish waits for its confirm; here nothing waits, so spend the task's
+        // scheduling budget instead: a task that publishes in a loop still lets the tasks it
+        // wakes, its consumers, run.
+        tokio::task::consume_budget().await;
         let routes = self
             .inner
             .routes
@@ -648,6 +652,14 @@ impl Consumer for MemoryConsumer {
         self.cancelled = true;
         // Pass on a wake-up this consumer may have taken from a competing one.
         self.queue.notify.notify_one();
+    }
+
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            queue: Arc::clone(&self.queue),
+            inner: Arc::clone(&self.inner),
+            cancelled: self.cancelled,
+        })
     }
 }
 

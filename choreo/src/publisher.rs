@@ -9,10 +9,10 @@ use ::metrics::Histogram;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::envelope::{Headers, Message};
+use crate::envelope::{Headers, Message, headers as choreo_headers};
 use crate::error::PublishError;
 use crate::event::Event;
-use crate::trace;
+use crate::trace::{self, TraceContext};
 use crate::transport::Transport;
 
 /// Publishes events into the choreography from outside a handler.
@@ -51,8 +51,12 @@ pub struct PublishOptions {
     /// Publishes under this id instead of a new one, e.g. when retrying a publish whose
     /// outcome is unknown.
     pub message_id: Option<Uuid>,
-    /// Extra headers, e.g. trace context.
+    /// Extra headers. A `traceparent` among them is the caller's trace, as with
+    /// [`PublishOptions::trace`].
     pub headers: Headers,
+    /// The caller's trace, which the message continues; without it the message starts a
+    /// trace.
+    pub trace: Option<TraceContext>,
 }
 
 impl PublishOptions {
@@ -74,6 +78,14 @@ impl PublishOptions {
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name, value);
+        self
+    }
+
+    /// Continues the caller's trace, e.g. the `traceparent` of the HTTP request that
+    /// publishes.
+    #[must_use]
+    pub fn trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
         self
     }
 }
@@ -140,8 +152,13 @@ impl<T: Transport> Publisher<T> {
             correlation_id = %message.meta.correlation_id,
         );
         // Continue the caller's trace when the options carry one, else start one.
-        message.meta.headers = options.headers;
-        trace::write_published(&span, &mut message.meta.headers);
+        let mut headers = options.headers;
+        let caller = options.trace.or_else(|| {
+            let traceparent = headers.remove(choreo_headers::TRACEPARENT)?;
+            TraceContext::parse(&traceparent)
+        });
+        message.meta.trace = Some(trace::published(&span, caller, &mut headers));
+        message.meta.headers = headers;
         let started = Instant::now();
         self.transport.publish(message).instrument(span).await?;
         self.confirm_latency.record(started.elapsed());

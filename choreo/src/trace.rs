@@ -1,6 +1,7 @@
 //! W3C trace context, carried in `traceparent` and `tracestate` headers.
 //!
-//! Every message carries a `traceparent`. A message published from outside a handler starts
+//! Every message carries a `traceparent`: [`Metadata::trace`](crate::Metadata::trace) in the
+//! process, the header on the wire. A message published from outside a handler starts
 //! a trace, or continues the caller's when its options carry one; every event a handler
 //! publishes continues the trace of the message it handles. One business flow across any
 //! number of services is therefore one trace, whichever tracing backend reads it.
@@ -47,7 +48,7 @@ impl TraceContext {
     }
 
     /// The `traceparent` form, written without the formatting machinery: one allocation.
-    fn traceparent(&self) -> String {
+    pub fn traceparent(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = String::with_capacity(55);
         text.push_str("00-");
@@ -91,7 +92,8 @@ impl TraceContext {
         })
     }
 
-    /// The trace context of a message's headers, if it has a valid one.
+    /// The trace context in `headers`' `traceparent`, if it holds a valid one: how a caller's
+    /// trace reaches [`PublishOptions::header`](crate::PublishOptions::header).
     pub fn from_headers(headers: &Headers) -> Option<Self> {
         headers.get(headers::TRACEPARENT).and_then(Self::parse)
     }
@@ -99,14 +101,6 @@ impl TraceContext {
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
-    }
-
-    /// Writes this context as `traceparent`, keeping `tracestate` from `parent` when given.
-    pub(crate) fn write(&self, to: &mut Headers, parent: Option<&Headers>) {
-        to.insert(headers::TRACEPARENT, self.traceparent());
-        if let Some(state) = parent.and_then(|p| p.get(headers::TRACESTATE)) {
-            to.insert(headers::TRACESTATE, state);
-        }
     }
 }
 
@@ -134,11 +128,18 @@ pub(crate) fn set_parent(span: &tracing::Span, parent: TraceContext, headers: &H
     let _ = (span, parent, headers);
 }
 
-/// Writes the current span as the `traceparent` of an event a handler publishes, keeping the
-/// `tracestate` of `incoming`, the message handled; returns `false`, writing nothing, when no
-/// OpenTelemetry layer records the current span.
+/// Copies the `tracestate` of `parent`, if any, into `to`.
+pub(crate) fn keep_state(to: &mut Headers, parent: &Headers) {
+    if let Some(state) = parent.get(headers::TRACESTATE) {
+        to.insert(headers::TRACESTATE, state);
+    }
+}
+
+/// The current span, as the trace context of an event a handler publishes, with its
+/// `tracestate` (or that of `incoming`, the message handled) written into `to`; `None`,
+/// writing nothing, when no OpenTelemetry layer records the current span.
 #[inline]
-pub(crate) fn write_current_span(to: &mut Headers, incoming: &Headers) -> bool {
+pub(crate) fn write_current_span(to: &mut Headers, incoming: &Headers) -> Option<TraceContext> {
     #[cfg(feature = "opentelemetry")]
     {
         otel::write_span(&tracing::Span::current(), to, Some(incoming))
@@ -146,33 +147,38 @@ pub(crate) fn write_current_span(to: &mut Headers, incoming: &Headers) -> bool {
     #[cfg(not(feature = "opentelemetry"))]
     {
         let _ = (to, incoming);
-        false
+        None
     }
 }
 
-/// Writes the trace context of a message published from outside a handler, in `span`, into
-/// `to`, the headers the caller gave: continues the caller's `traceparent` in `to` when there
-/// is one, else starts a trace. With an OpenTelemetry layer the message carries `span` (whose
-/// parent is the caller's `traceparent`, or else the caller's current span), or the current
-/// span when `span` is disabled.
-pub(crate) fn write_published(span: &tracing::Span, to: &mut Headers) {
-    let caller = TraceContext::from_headers(to);
+/// The trace context of a message published from outside a handler, in `span`: continues
+/// `caller`, the trace the caller passed, when there is one, else starts a trace; `headers`
+/// are those the caller gave, where a `tracestate` goes. With an OpenTelemetry layer the
+/// message carries `span` (whose parent is `caller`, or else the caller's current span), or
+/// the current span when `span` is disabled.
+pub(crate) fn published(
+    span: &tracing::Span,
+    caller: Option<TraceContext>,
+    headers: &mut Headers,
+) -> TraceContext {
     #[cfg(feature = "opentelemetry")]
     {
         if let Some(caller) = caller {
-            otel::set_parent(span, caller, to);
+            otel::set_parent(span, caller, headers);
         }
-        if otel::write_span(span, to, None)
-            || (caller.is_none() && otel::write_span(&tracing::Span::current(), to, None))
-        {
-            return;
+        let own = otel::write_span(span, headers, None).or_else(|| {
+            caller
+                .is_none()
+                .then(|| otel::write_span(&tracing::Span::current(), headers, None))
+                .flatten()
+        });
+        if let Some(own) = own {
+            return own;
         }
     }
     #[cfg(not(feature = "opentelemetry"))]
-    let _ = span;
-    caller
-        .map_or_else(TraceContext::root, |parent| parent.child())
-        .write(to, None);
+    let _ = (span, headers);
+    caller.map_or_else(TraceContext::root, |parent| parent.child())
 }
 
 impl fmt::Display for TraceContext {

@@ -100,6 +100,18 @@ pub trait Consumer: Send + 'static {
 
     /// Stops taking new deliveries. Deliveries already handed out must still be settled.
     fn cancel(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Another consumer of the same queue for one more worker, when the transport can hand
+    /// out deliveries to several takers at once without them taking turns.
+    ///
+    /// The default, `None`, makes a handler's workers share this consumer one call to
+    /// [`Consumer::next`] at a time.
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// A delivered message that must be settled exactly once.

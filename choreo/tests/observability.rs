@@ -184,9 +184,7 @@ async fn metrics_traces_and_health() {
 
     // One trace per flow across three hops, continuing the caller's trace.
     let published = h.published_messages();
-    let trace_of = |m: &choreo::Message| {
-        TraceContext::from_headers(&m.meta.headers).expect("every message carries a traceparent")
-    };
+    let trace_of = |m: &choreo::Message| m.meta.trace.expect("every message carries a traceparent");
     let flow_of_order_0: Vec<_> = published
         .iter()
         .filter(|m| m.meta.correlation_id == ids[0])

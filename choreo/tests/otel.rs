@@ -182,7 +182,7 @@ async fn a_flow_is_one_exported_trace_with_each_hop_a_child_of_its_publisher() {
                 .iter()
                 .find(|m| m.meta.name == event && m.meta.correlation_id == flow)
                 .expect("published");
-            let carried = TraceContext::from_headers(&message.meta.headers).expect("traceparent");
+            let carried = message.meta.trace.expect("traceparent");
             assert_eq!(TraceId::from(carried.trace_id), trace_id);
             assert_eq!(
                 SpanId::from(carried.span_id),

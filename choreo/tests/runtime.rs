@@ -400,12 +400,12 @@ async fn follow_up_events_carry_correlation_and_causation() {
     let id = h
         .publish_with(
             &order(11),
-            PublishOptions::default()
-                .correlation_id(correlation)
-                .header(
-                    headers::TRACEPARENT,
+            PublishOptions::default().correlation_id(correlation).trace(
+                choreo::trace::TraceContext::parse(
                     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                ),
+                )
+                .unwrap(),
+            ),
         )
         .await
         .unwrap();
@@ -416,13 +416,17 @@ async fn follow_up_events_carry_correlation_and_causation() {
     assert_eq!(published.len(), 3);
     let incoming = &published[0];
     assert_eq!(incoming.meta.id, id);
+    assert_eq!(
+        incoming.meta.trace.unwrap().trace_id,
+        0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
+        "the caller's trace"
+    );
     for follow_up in &published[1..] {
         assert_eq!(follow_up.meta.correlation_id, correlation);
         assert_eq!(follow_up.meta.causation_id, Some(id));
         assert_eq!(&*follow_up.meta.source, "billing");
         assert_eq!(follow_up.meta.id.get_version_num(), 7);
-        let trace =
-            |m: &Message| choreo::trace::TraceContext::from_headers(&m.meta.headers).unwrap();
+        let trace = |m: &Message| m.meta.trace.unwrap();
         assert_eq!(
             trace(follow_up).trace_id,
             trace(incoming).trace_id,
@@ -702,6 +706,42 @@ async fn concurrency_bounds_in_flight_messages() {
     let stats = transport.stats(QUEUE).unwrap();
     assert_eq!((stats.in_flight, stats.ready), (1, 4), "concurrency = 1");
     running.shutdown().await.unwrap();
+}
+
+#[handler(name = "charge", concurrency = 3)]
+async fn slow_three_at_once(order: OrderPlaced, State(counter): State<Counter>) {
+    let _ = order;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    counter.incr();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_takes_its_own_deliveries_and_shutdown_keeps_the_rest() {
+    let transport = choreo::MemoryTransport::new();
+    let counter = Counter::default();
+    let running = Service::new("billing")
+        .handler(slow_three_at_once)
+        .state(counter.clone())
+        .start(&transport)
+        .await
+        .unwrap();
+    let publisher = choreo::Publisher::new(transport.clone(), "test");
+    for id in 0..5 {
+        publisher.publish(&order(id)).await.unwrap();
+    }
+    wait_until_in_flight(&transport, 3).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = transport.stats(QUEUE).unwrap();
+    assert_eq!((stats.in_flight, stats.ready), (3, 2), "concurrency = 3");
+
+    // The three running finish; the two waiting stay queued for the next instance.
+    running.shutdown().await.unwrap();
+    assert_eq!(counter.get(), 3);
+    let stats = transport.stats(QUEUE).unwrap();
+    assert_eq!(
+        (stats.acked, stats.ready, stats.in_flight, stats.outstanding),
+        (3, 2, 0, 2)
+    );
 }
 
 #[tokio::test]

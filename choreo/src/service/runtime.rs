@@ -21,7 +21,6 @@ use crate::idempotency::{Claim, IdempotencyStore};
 use crate::metrics::HandlerMetrics;
 use crate::observe::{Observation, Observer, Outcome};
 use crate::retry::RetryPolicy;
-use crate::trace::TraceContext;
 use crate::transport::{Consumer, Delivery, Failure, FailureKind, Retry, Transport};
 
 /// How long a message whose key another run holds waits before it is requeued, when the
@@ -52,17 +51,35 @@ pub(super) async fn consume_loop<T: Transport, S: IdempotencyStore>(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    // `concurrency` long-lived workers take turns at the consumer: no task per message.
-    let consumer = Arc::new(tokio::sync::Mutex::new(consumer));
+    // `concurrency` long-lived workers, no task per message. Each has a consumer of its own
+    // when the transport can fork one; otherwise they take turns at the one consumer.
+    let forks: Option<Vec<T::Consumer>> = (1..concurrency).map(|_| consumer.fork()).collect();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        workers.spawn(consume_worker(
-            Arc::clone(&runtime),
-            Arc::clone(&consumer),
-            stop.clone(),
-            hard_stop.clone(),
-        ));
-    }
+    let shared = match forks {
+        Some(forks) => {
+            for consumer in std::iter::once(consumer).chain(forks) {
+                workers.spawn(consume_worker(
+                    Arc::clone(&runtime),
+                    Source::Own(consumer),
+                    stop.clone(),
+                    hard_stop.clone(),
+                ));
+            }
+            None
+        }
+        None => {
+            let consumer = Arc::new(tokio::sync::Mutex::new(consumer));
+            for _ in 0..concurrency {
+                workers.spawn(consume_worker(
+                    Arc::clone(&runtime),
+                    Source::Shared(Arc::clone(&consumer)),
+                    stop.clone(),
+                    hard_stop.clone(),
+                ));
+            }
+            Some(consumer)
+        }
+    };
     let all_done = async { while workers.join_next().await.is_some() {} };
     let mut all_done = std::pin::pin!(all_done);
     let finished = tokio::select! {
@@ -70,16 +87,57 @@ pub(super) async fn consume_loop<T: Transport, S: IdempotencyStore>(
         () = &mut all_done => true,
     };
     // Stop deliveries at once; workers finish (or, past the grace period, return) what they
-    // hold.
-    consumer.lock().await.cancel().await;
+    // hold. Workers with a consumer of their own cancel it as they stop.
+    if let Some(consumer) = shared {
+        consumer.lock().await.cancel().await;
+    }
     if !finished {
         all_done.await;
     }
 }
 
+/// Where a worker takes its deliveries from.
+enum Source<C> {
+    /// A consumer of its own.
+    Own(C),
+    /// The handler's one consumer, in turns with the other workers.
+    Shared(Arc<tokio::sync::Mutex<C>>),
+}
+
+impl<C: Consumer> Source<C> {
+    /// The next delivery, or `None` once the consumer has ended or `stop` is cancelled.
+    async fn next(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Option<Option<Result<C::Delivery, TransportError>>> {
+        match self {
+            Self::Own(consumer) => tokio::select! {
+                biased;
+                next = consumer.next() => Some(next),
+                () = stop.cancelled() => None,
+            },
+            Self::Shared(consumer) => {
+                let mut consumer = match consumer.try_lock() {
+                    Ok(consumer) => consumer,
+                    Err(_) => tokio::select! {
+                        biased;
+                        () = stop.cancelled() => return None,
+                        consumer = consumer.lock() => consumer,
+                    },
+                };
+                tokio::select! {
+                    biased;
+                    next = consumer.next() => Some(next),
+                    () = stop.cancelled() => None,
+                }
+            }
+        }
+    }
+}
+
 async fn consume_worker<T: Transport, S: IdempotencyStore>(
     runtime: Arc<HandlerRuntime<T, S>>,
-    consumer: Arc<tokio::sync::Mutex<T::Consumer>>,
+    mut source: Source<T::Consumer>,
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
@@ -89,20 +147,8 @@ async fn consume_worker<T: Transport, S: IdempotencyStore>(
         if stop.is_cancelled() {
             break;
         }
-        let next = {
-            let mut consumer = match consumer.try_lock() {
-                Ok(consumer) => consumer,
-                Err(_) => tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    consumer = consumer.lock() => consumer,
-                },
-            };
-            tokio::select! {
-                biased;
-                next = consumer.next() => next,
-                () = stop.cancelled() => break,
-            }
+        let Some(next) = source.next(&stop).await else {
+            break;
         };
         match next {
             None => break,
@@ -119,6 +165,9 @@ async fn consume_worker<T: Transport, S: IdempotencyStore>(
                 }
             }
         }
+    }
+    if let Source::Own(mut consumer) = source {
+        consumer.cancel().await;
     }
 }
 
@@ -150,7 +199,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             trace_id = tracing::field::Empty,
         );
         if !span.is_disabled() {
-            if let Some(trace) = TraceContext::from_headers(&message.meta.headers) {
+            if let Some(trace) = message.meta.trace {
                 span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
                 crate::trace::set_parent(&span, trace, &message.meta.headers);
             }
@@ -370,7 +419,15 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
     }
 
     async fn run(&self, future: HandlerFuture) -> Result<(), HandlerError> {
-        match tokio::time::timeout(self.timeout, CatchUnwind(future)).await {
+        let mut run = CatchUnwind(future);
+        // Most handlers finish in their first poll: start the timeout's timer only for those
+        // that wait.
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut run).poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(outcome) => Ok(outcome),
+            Poll::Pending => tokio::time::timeout(self.timeout, run).await,
+        };
+        match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => Err(HandlerError::msg(format!(
                 "handler panicked: {}",

@@ -37,18 +37,21 @@ pub(super) fn current() -> Option<TraceContext> {
     span_context(&tracing::Span::current()).map(|span| trace_context(&span))
 }
 
-/// Writes `span`'s context as `traceparent` and its `tracestate`, or else `parent`'s; returns
-/// `false`, writing nothing, when no OpenTelemetry layer records `span`.
-pub(super) fn write_span(span: &tracing::Span, to: &mut Headers, parent: Option<&Headers>) -> bool {
-    let Some(context) = span_context(span) else {
-        return false;
-    };
-    trace_context(&context).write(to, parent);
+/// `span`'s context, with its `tracestate`, or else `parent`'s, written into `to`; `None`,
+/// writing nothing, when no OpenTelemetry layer records `span`.
+pub(super) fn write_span(
+    span: &tracing::Span,
+    to: &mut Headers,
+    parent: Option<&Headers>,
+) -> Option<TraceContext> {
+    let context = span_context(span)?;
     let state = context.trace_state().header();
     if !state.is_empty() {
         to.insert(headers::TRACESTATE, state);
+    } else if let Some(parent) = parent {
+        super::keep_state(to, parent);
     }
-    true
+    Some(trace_context(&context))
 }
 
 fn span_context(span: &tracing::Span) -> Option<SpanContext> {
