@@ -13,6 +13,12 @@
 //!   `OrderPlaced` with `serde_json`, runs the handler body, and acknowledges; acknowledgements
 //!   are awaited concurrently for the same reason. Publishing and consuming use a connection
 //!   each, as RabbitMQ recommends and as choreo does.
+//! - **lapin+env**, a reference: the same plain lapin, sending each event with choreo's wire
+//!   envelope (DESIGN §8: the message id, type, source, time and correlation properties, and
+//!   the `ce-*`, `choreo-*` and `traceparent` headers, built per event by
+//!   `choreo_amqp::envelope_properties`) to a queue of its own. It sends and receives the
+//!   bytes choreo does, so it tells what the envelope costs apart from what choreo's runtime
+//!   costs. Not part of the targets.
 //! - **choreo**: a `Service` with one `#[choreo::handler]` of `OrderPlaced`, concurrency (and
 //!   so prefetch) `PREFETCH`, the default in-memory idempotency store keyed by the event's
 //!   `#[choreo(key)]`, default retry policy and timeout, on an `AmqpTransport` with the queue
@@ -31,8 +37,8 @@
 //! `beam.smp` process is visible), its CPU time per event is shown too: client and broker
 //! share the same cores, so throughput follows the sum of the two.
 //!
-//! Both sides stay connected for the whole of a queue type's run, like long-lived services;
-//! after a warm-up of each, rounds alternate which side goes first. Queue and exchange names
+//! All sides stay connected for the whole of a queue type's run, like long-lived services;
+//! after a warm-up of each, rounds rotate which side goes first. Queue and exchange names
 //! are unique per run, and everything declared is deleted at the end.
 //!
 //! The targets, on both queue types: choreo's throughput at least lapin's (median
@@ -392,19 +398,27 @@ struct Lapin {
     queue: String,
     sink: Arc<Sink>,
     consumer: JoinHandle<()>,
+    /// Sends choreo's envelope with each event.
+    envelope: bool,
 }
 
 impl Lapin {
-    async fn start(url: &str, name: &str, queue_type: QueueType) -> Result<Self, BoxError> {
+    async fn start(
+        url: &str,
+        name: &str,
+        queue_type: QueueType,
+        envelope: bool,
+    ) -> Result<Self, BoxError> {
+        let side = if envelope { "lapin-env" } else { "lapin" };
         let connect = |role: &str| {
             let properties = ConnectionProperties::default()
-                .with_connection_name(format!("{name} lapin ({role})").into());
+                .with_connection_name(format!("{name} {side} ({role})").into());
             Connection::connect(url, properties)
         };
         let publishing = connect("publish").await?;
         let consuming = connect("consume").await?;
-        let exchange = format!("{name}.lapin.orders");
-        let queue = format!("{name}.lapin");
+        let exchange = format!("{name}.{side}.orders");
+        let queue = format!("{name}.{side}");
 
         let setup = consuming.create_channel().await?;
         setup
@@ -472,6 +486,7 @@ impl Lapin {
             queue,
             sink,
             consumer,
+            envelope,
         })
     }
 
@@ -479,6 +494,7 @@ impl Lapin {
         let (first, count) = (events[0].order_id, events.len() as u64);
         let channel = self.channel.clone();
         let exchange = self.exchange.clone();
+        let envelope = self.envelope;
         measure(&self.sink, first, count, move || {
             tokio::spawn(async move {
                 let properties = BasicProperties::default()
@@ -488,18 +504,30 @@ impl Lapin {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 };
+                let source: Arc<str> = "orders-api".into();
                 let publish = |mut event: OrderPlaced| {
                     let (channel, exchange, properties) = (&channel, &exchange, &properties);
+                    let source = &source;
                     async move {
                         event.sent_at_ns = now_ns();
-                        let body = serde_json::to_vec(&event)?;
+                        let (message, plain);
+                        let (body, properties): (&[u8], _) = if envelope {
+                            let mut encoded = choreo::Message::encode(&event, source.clone())?;
+                            encoded.meta.trace = Some(choreo::trace::TraceContext::root());
+                            let properties = choreo_amqp::envelope_properties(&encoded);
+                            message = encoded;
+                            (&message.body, properties)
+                        } else {
+                            plain = serde_json::to_vec(&event)?;
+                            (&plain, properties.clone())
+                        };
                         let confirm = channel
                             .basic_publish(
                                 exchange.clone(),
                                 ROUTING_KEY.into(),
                                 options,
-                                &body,
-                                properties.clone(),
+                                body,
+                                properties,
                             )
                             .await?;
                         match confirm.await? {
@@ -651,9 +679,10 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Both sides' figures for one round.
+/// All sides' figures for one round.
 struct Row {
     lapin: Measurement,
+    enveloped: Measurement,
     choreo: Measurement,
 }
 
@@ -665,11 +694,19 @@ impl Row {
     fn cpu_ratio(&self) -> f64 {
         self.choreo.cpu_per_msg.as_secs_f64() / self.lapin.cpu_per_msg.as_secs_f64()
     }
+
+    fn enveloped_throughput_ratio(&self) -> f64 {
+        self.choreo.msgs_per_sec / self.enveloped.msgs_per_sec
+    }
+
+    fn enveloped_cpu_ratio(&self) -> f64 {
+        self.choreo.cpu_per_msg.as_secs_f64() / self.enveloped.cpu_per_msg.as_secs_f64()
+    }
 }
 
 fn print_header() {
     println!(
-        "{:>6}  {:>6}  {:>9} {:>8} {:>8} {:>10} {:>10}",
+        "{:>6}  {:>16}  {:>9} {:>8} {:>8} {:>10} {:>10}",
         "round", "side", "msgs/s", "p50 ms", "p99 ms", "client µs", "broker µs"
     );
 }
@@ -680,7 +717,7 @@ fn print_side(label: &str, side: &str, m: &Measurement) {
         |b| format!("{:.1}", b.as_secs_f64() * 1e6),
     );
     println!(
-        "{label:>6}  {side:>6}  {:>9.0} {:>8.2} {:>8.2} {:>10.1} {broker:>10}",
+        "{label:>6}  {side:>16}  {:>9.0} {:>8.2} {:>8.2} {:>10.1} {broker:>10}",
         m.msgs_per_sec,
         m.p50.as_secs_f64() * 1e3,
         m.p99.as_secs_f64() * 1e3,
@@ -688,11 +725,23 @@ fn print_side(label: &str, side: &str, m: &Measurement) {
     );
 }
 
-/// Throughput and client CPU per message, choreo over lapin.
-fn print_ratios(throughput: f64, cpu: f64) {
+/// Throughput and client CPU per message, choreo over another side.
+fn print_ratios(over: &str, throughput: f64, cpu: f64) {
     println!(
-        "{:>6}  {:>6}  {throughput:>9.2} {:>8} {:>8} {cpu:>10.2}",
-        "", "ratio", "", ""
+        "{:>6}  {over:>16}  {throughput:>9.2} {:>8} {:>8} {cpu:>10.2}",
+        "", "", ""
+    );
+}
+
+fn print_row(label: &str, row: &Row) {
+    print_side(label, "lapin", &row.lapin);
+    print_side("", "lapin+env", &row.enveloped);
+    print_side("", "choreo", &row.choreo);
+    print_ratios("choreo/lapin", row.throughput_ratio(), row.cpu_ratio());
+    print_ratios(
+        "choreo/lapin+env",
+        row.enveloped_throughput_ratio(),
+        row.enveloped_cpu_ratio(),
     );
 }
 
@@ -733,33 +782,59 @@ impl Settings {
     }
 }
 
+/// The sides, for [`compare`].
+struct Sides<'a> {
+    lapin: &'a Lapin,
+    enveloped: &'a Lapin,
+    choreo: &'a Choreo,
+}
+
+impl Sides<'_> {
+    /// Side `side` (0: lapin, 1: lapin+env, 2: choreo) runs a round of `events` events.
+    async fn round(
+        &self,
+        side: usize,
+        events: u64,
+        take_ids: &mut impl FnMut(u64) -> u64,
+    ) -> Result<Measurement, BoxError> {
+        let batch = batch(take_ids(events), events);
+        match side {
+            0 => self.lapin.round(batch).await,
+            1 => self.enveloped.round(batch).await,
+            _ => self.choreo.round(batch).await,
+        }
+    }
+}
+
 /// Warm-up and measured rounds on one queue type.
 async fn compare(
     settings: &Settings,
-    lapin: &Lapin,
-    choreo: &Choreo,
+    sides: &Sides<'_>,
     take_ids: &mut impl FnMut(u64) -> u64,
 ) -> Result<Vec<Row>, BoxError> {
     let warm_up = WARM_UP_EVENTS.min(settings.events);
-    lapin.round(batch(take_ids(warm_up), warm_up)).await?;
-    choreo.round(batch(take_ids(warm_up), warm_up)).await?;
+    for side in 0..3 {
+        sides.round(side, warm_up, take_ids).await?;
+    }
 
     print_header();
     let mut rows = Vec::with_capacity(settings.rounds);
     for round in 1..=settings.rounds {
-        let events = settings.events;
-        let (lapin, choreo) = if round % 2 == 1 {
-            let l = lapin.round(batch(take_ids(events), events)).await?;
-            (l, choreo.round(batch(take_ids(events), events)).await?)
-        } else {
-            let c = choreo.round(batch(take_ids(events), events)).await?;
-            (lapin.round(batch(take_ids(events), events)).await?, c)
+        // Each round starts with another side.
+        let mut measured = [None; 3];
+        for turn in 0..3 {
+            let side = (round + turn) % 3;
+            measured[side] = Some(sides.round(side, settings.events, take_ids).await?);
+        }
+        let [Some(lapin), Some(enveloped), Some(choreo)] = measured else {
+            unreachable!("every side ran");
         };
-        let row = Row { lapin, choreo };
-        let label = round.to_string();
-        print_side(&label, "lapin", &row.lapin);
-        print_side("", "choreo", &row.choreo);
-        print_ratios(row.throughput_ratio(), row.cpu_ratio());
+        let row = Row {
+            lapin,
+            enveloped,
+            choreo,
+        };
+        print_row(&round.to_string(), &row);
         rows.push(row);
     }
     Ok(rows)
@@ -783,6 +858,7 @@ fn summarize(queue_type: QueueType, rows: &[Row]) -> bool {
             }),
     };
     print_side("median", "lapin", &side(|r| &r.lapin));
+    print_side("", "lapin+env", &side(|r| &r.enveloped));
     print_side("", "choreo", &side(|r| &r.choreo));
     let throughput = column(&|r| r.throughput_ratio());
     let lowest = rows
@@ -790,7 +866,10 @@ fn summarize(queue_type: QueueType, rows: &[Row]) -> bool {
         .map(Row::throughput_ratio)
         .fold(f64::INFINITY, f64::min);
     let cpu = column(&|r| r.cpu_ratio());
-    print_ratios(throughput, cpu);
+    print_ratios("choreo/lapin", throughput, cpu);
+    let enveloped_throughput = column(&|r| r.enveloped_throughput_ratio());
+    let enveloped_cpu = column(&|r| r.enveloped_cpu_ratio());
+    print_ratios("choreo/lapin+env", enveloped_throughput, enveloped_cpu);
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let throughput_met = throughput >= 1.0 && lowest >= 0.95;
     let cpu_met = cpu <= 1.15;
@@ -804,6 +883,10 @@ fn summarize(queue_type: QueueType, rows: &[Row]) -> bool {
         "{}: client CPU per message choreo/lapin <= 1.15: {} (median {cpu:.2})",
         queue_type.as_str(),
         verdict(cpu_met)
+    );
+    println!(
+        "{}: for reference, against lapin sending choreo's envelope: throughput {enveloped_throughput:.2}, client CPU {enveloped_cpu:.2}",
+        queue_type.as_str(),
     );
     throughput_met && cpu_met
 }
@@ -838,20 +921,38 @@ async fn run() -> Result<(), BoxError> {
         let name = format!("{run}-{}", queue_type.as_str());
         println!();
         println!("== {} queues ({name})", queue_type.as_str());
-        let lapin = Lapin::start(&settings.url, &name, queue_type).await?;
-        let choreo = match Choreo::start(&settings.url, &name, queue_type).await {
-            Ok(choreo) => choreo,
+        let lapin = Lapin::start(&settings.url, &name, queue_type, false).await?;
+        let enveloped = match Lapin::start(&settings.url, &name, queue_type, true).await {
+            Ok(enveloped) => enveloped,
             Err(error) => {
                 lapin.stop().await?;
                 return Err(error);
             }
         };
-        let rows = compare(&settings, &lapin, &choreo, &mut take_ids).await;
+        let choreo = match Choreo::start(&settings.url, &name, queue_type).await {
+            Ok(choreo) => choreo,
+            Err(error) => {
+                lapin.stop().await?;
+                enveloped.stop().await?;
+                return Err(error);
+            }
+        };
+        let sides = Sides {
+            lapin: &lapin,
+            enveloped: &enveloped,
+            choreo: &choreo,
+        };
+        let rows = compare(&settings, &sides, &mut take_ids).await;
         // Clean up whatever happened.
-        let stopped = (choreo.stop().await, lapin.stop().await);
+        let stopped = [
+            choreo.stop().await,
+            enveloped.stop().await,
+            lapin.stop().await,
+        ];
         let rows = rows?;
-        stopped.0?;
-        stopped.1?;
+        for stopped in stopped {
+            stopped?;
+        }
         all_met &= summarize(queue_type, &rows);
     }
     println!();

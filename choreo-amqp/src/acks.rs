@@ -11,7 +11,7 @@
 //! dies first, the broker redelivers the message and the handler's idempotency absorbs it,
 //! exactly as for an acknowledgement lost in flight.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
 use lapin::Channel;
@@ -27,11 +27,20 @@ pub(crate) struct Acks {
 
 #[derive(Default)]
 struct State {
-    /// Delivered and not yet acknowledged or settled otherwise, in tag order.
-    outstanding: BTreeSet<u64>,
-    /// Finished and waiting for their acknowledgement to be sent.
-    finished: BTreeSet<u64>,
+    /// Delivered and not yet acknowledged or settled otherwise, in tag order (a channel's
+    /// delivery tags only grow), each with whether it has finished. At most a prefetch long.
+    outstanding: VecDeque<(u64, bool)>,
+    /// How many of `outstanding` have finished.
+    finished: usize,
     flushing: bool,
+}
+
+impl State {
+    fn position(&self, tag: u64) -> Option<usize> {
+        self.outstanding
+            .binary_search_by_key(&tag, |&(t, _)| t)
+            .ok()
+    }
 }
 
 impl Acks {
@@ -39,7 +48,10 @@ impl Acks {
         Self {
             channel,
             limit: usize::from(prefetch / 2).max(1),
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                outstanding: VecDeque::with_capacity(usize::from(prefetch)),
+                ..State::default()
+            }),
         }
     }
 
@@ -49,52 +61,68 @@ impl Acks {
 
     /// Tracks a tag handed to the service.
     pub(crate) fn delivered(&self, tag: u64) {
-        self.lock().outstanding.insert(tag);
+        let mut state = self.lock();
+        match state.outstanding.back() {
+            Some(&(last, _)) if last >= tag => {
+                // Not in order (never from one channel): keep the deque sorted all the same.
+                let at = state.outstanding.partition_point(|&(t, _)| t < tag);
+                state.outstanding.insert(at, (tag, false));
+            }
+            _ => state.outstanding.push_back((tag, false)),
+        }
     }
 
     /// Forgets a tag whose own ack or nack has been sent.
     pub(crate) fn settled_elsewhere(&self, tag: u64) {
         let mut state = self.lock();
-        state.outstanding.remove(&tag);
-        state.finished.remove(&tag);
+        if let Some(at) = state.position(tag) {
+            if let Some((_, true)) = state.outstanding.remove(at) {
+                state.finished -= 1;
+            }
+        }
     }
 
-    /// Acknowledges `tag`, together with whatever else has finished.
-    pub(crate) async fn ack(&self, tag: u64) -> Result<(), lapin::Error> {
-        {
-            let mut state = self.lock();
-            state.finished.insert(tag);
-            if state.flushing {
-                // The flush in flight picks it up.
-                return Ok(());
+    /// Marks `tag` finished. `true` when the caller must flush: no flush is in flight to
+    /// pick it up.
+    pub(crate) fn finish(&self, tag: u64) -> bool {
+        let mut state = self.lock();
+        if let Some(at) = state.position(tag) {
+            if !std::mem::replace(&mut state.outstanding[at].1, true) {
+                state.finished += 1;
             }
-            state.flushing = true;
         }
-        let flushed = self.flush().await;
+        !std::mem::replace(&mut state.flushing, true)
+    }
+
+    /// Sends acknowledgements until nothing finished is left, then ends the flush.
+    pub(crate) async fn flush(&self) -> Result<(), lapin::Error> {
+        let flushed = self.flush_all().await;
         if flushed.is_err() {
             self.lock().flushing = false;
         }
         flushed
     }
 
-    async fn flush(&self) -> Result<(), lapin::Error> {
+    async fn flush_all(&self) -> Result<(), lapin::Error> {
         loop {
             let (upto, singles) = {
                 let mut state = self.lock();
                 let mut upto = None;
-                while let Some(&first) = state.outstanding.first() {
-                    if !state.finished.remove(&first) {
-                        break;
-                    }
-                    state.outstanding.pop_first();
-                    upto = Some(first);
+                while let Some(&(tag, true)) = state.outstanding.front() {
+                    state.outstanding.pop_front();
+                    state.finished -= 1;
+                    upto = Some(tag);
                 }
-                let singles: Vec<u64> = if state.finished.len() >= self.limit {
-                    let held = std::mem::take(&mut state.finished);
-                    for tag in &held {
-                        state.outstanding.remove(tag);
-                    }
-                    held.into_iter().collect()
+                let singles: Vec<u64> = if state.finished >= self.limit {
+                    let mut held = Vec::with_capacity(state.finished);
+                    state.outstanding.retain(|&(tag, finished)| {
+                        if finished {
+                            held.push(tag);
+                        }
+                        !finished
+                    });
+                    state.finished = 0;
+                    held
                 } else {
                     Vec::new()
                 };

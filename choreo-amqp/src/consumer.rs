@@ -37,6 +37,7 @@ pub struct AmqpConsumer {
     prefetch: u16,
     active: Option<Active>,
     cancelled: bool,
+    interned: wire::Interned,
 }
 
 /// The queues a delivery may move to.
@@ -65,6 +66,7 @@ impl AmqpConsumer {
             prefetch: spec.prefetch.max(1),
             active: None,
             cancelled: false,
+            interned: wire::Interned::with_catalog(),
         }
     }
 
@@ -140,6 +142,7 @@ impl Consumer for AmqpConsumer {
                         Arc::clone(&self.shared),
                         Arc::clone(&self.queue),
                         Arc::clone(&active.acks),
+                        &mut self.interned,
                     )));
                 }
                 Some(Err(error)) => {
@@ -224,10 +227,16 @@ impl AmqpDelivery {
         shared: Arc<Shared>,
         queue: Arc<QueueNames>,
         acks: Arc<Acks>,
+        interned: &mut wire::Interned,
     ) -> Self {
         // The body moves into the message; moves to retry or poison queues publish from it.
         let body = std::mem::take(&mut delivery.data);
-        let message = wire::decode(&delivery.properties, delivery.routing_key.as_str(), body);
+        let message = wire::decode(
+            &delivery.properties,
+            delivery.routing_key.as_str(),
+            body,
+            interned,
+        );
         Self {
             delivery: Some(delivery),
             message,
@@ -308,9 +317,13 @@ impl Delivery for AmqpDelivery {
     }
 
     async fn ack(mut self) -> Result<(), TransportError> {
-        let delivery = self.take();
-        self.acks
-            .ack(delivery.delivery_tag)
+        let tag = self.take().delivery_tag;
+        if !self.acks.finish(tag) {
+            // The flush in flight picks it up.
+            return Ok(());
+        }
+        // Boxed: only the message that starts a flush carries its future.
+        Box::pin(self.acks.flush())
             .await
             .map_err(|e| AmqpError::broker("acknowledging", e).into())
     }

@@ -38,3 +38,4 @@ pub use config::{AmqpConfig, DEFAULT_URL, MANAGEMENT_URL_ENV, QueueType, URL_ENV
 pub use consumer::{AmqpConsumer, AmqpDelivery};
 pub use error::AmqpError;
 pub use transport::AmqpTransport;
+pub use wire::envelope_properties;

@@ -32,7 +32,8 @@ pub(crate) struct Publishing {
 
 struct Pool {
     generation: u64,
-    channels: Vec<RwLock<Channel>>,
+    /// In an `Arc`: a publish takes one reference, where cloning a `Channel` takes a dozen.
+    channels: Vec<RwLock<Arc<Channel>>>,
 }
 
 /// Where a message goes and how.
@@ -150,7 +151,7 @@ impl Publishing {
     }
 
     /// An open confirm-mode channel and the connection generation it belongs to.
-    async fn channel(&self, deadline: Instant) -> Result<(Channel, u64), AmqpError> {
+    async fn channel(&self, deadline: Instant) -> Result<(Arc<Channel>, u64), AmqpError> {
         if let Some(found) = self.pick() {
             return Ok(found);
         }
@@ -176,7 +177,7 @@ impl Publishing {
                         .connected();
                     if closed {
                         let channel = open_channel(&current.connection).await?;
-                        *slot.write().unwrap_or_else(PoisonError::into_inner) = channel;
+                        *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(channel);
                     }
                 }
                 pool
@@ -184,7 +185,9 @@ impl Publishing {
             None => {
                 let mut channels = Vec::with_capacity(self.config.publish_channels);
                 for _ in 0..self.config.publish_channels {
-                    channels.push(RwLock::new(open_channel(&current.connection).await?));
+                    channels.push(RwLock::new(Arc::new(
+                        open_channel(&current.connection).await?,
+                    )));
                 }
                 Arc::new(Pool {
                     generation: current.generation,
@@ -194,14 +197,15 @@ impl Publishing {
         };
         *self.pool.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&pool));
         let index = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
-        let channel = pool.channels[index]
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let channel = Arc::clone(
+            &pool.channels[index]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         Ok((channel, pool.generation))
     }
 
-    fn pick(&self) -> Option<(Channel, u64)> {
+    fn pick(&self) -> Option<(Arc<Channel>, u64)> {
         let pool = self.pool.read().unwrap_or_else(PoisonError::into_inner);
         let pool = pool.as_ref()?;
         let index = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
@@ -211,7 +215,7 @@ impl Publishing {
         channel
             .status()
             .connected()
-            .then(|| (channel.clone(), pool.generation))
+            .then(|| (Arc::clone(&channel), pool.generation))
     }
 }
 

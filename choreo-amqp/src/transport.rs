@@ -144,7 +144,7 @@ impl Transport for AmqpTransport {
                     mandatory: self.shared.config.mandatory,
                     limit_body: true,
                 },
-                || wire::properties(&message),
+                || wire::envelope_properties(&message),
                 &message.body,
             )
             .await

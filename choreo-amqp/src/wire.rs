@@ -15,8 +15,14 @@ use uuid::Uuid;
 const CONTENT_TYPE: &str = "application/json";
 const PERSISTENT: u8 = 2;
 
-/// Properties and headers for `message`.
-pub(crate) fn properties(message: &Message) -> BasicProperties {
+/// The AMQP properties and headers that carry `message`'s envelope (DESIGN §8): what choreo
+/// publishes with its body.
+///
+/// For producers that publish with lapin directly and want their messages read by choreo
+/// services (and by anyone who reads choreo's envelope), publish `message.body` with these
+/// properties, persistent and `mandatory`, to the domain's exchange under
+/// `<name>.v<version>`.
+pub fn envelope_properties(message: &Message) -> BasicProperties {
     let meta = &message.meta;
     let mut id = Uuid::encode_buffer();
     let id = meta.id.hyphenated().encode_lower(&mut id);
@@ -111,6 +117,40 @@ pub(crate) struct Malformed {
     pub(crate) body: Vec<u8>,
 }
 
+/// What a consumer's deliveries repeat, kept so that reading one allocates less: the names of
+/// the events this binary knows, and the last source service seen.
+#[derive(Default)]
+pub(crate) struct Interned {
+    names: Vec<&'static str>,
+    source: Option<Arc<str>>,
+}
+
+impl Interned {
+    /// Knows the events of `choreo::catalog()`.
+    pub(crate) fn with_catalog() -> Self {
+        let mut names: Vec<&'static str> = choreo::catalog().iter().map(|e| e.name).collect();
+        names.dedup();
+        Self {
+            names,
+            source: None,
+        }
+    }
+
+    fn name(&self, name: &str) -> Cow<'static, str> {
+        match self.names.iter().find(|known| **known == name) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(name.to_owned()),
+        }
+    }
+
+    fn source(&mut self, source: &str) -> Arc<str> {
+        match &self.source {
+            Some(last) if **last == *source => Arc::clone(last),
+            _ => Arc::clone(self.source.insert(source.into())),
+        }
+    }
+}
+
 /// Reads the envelope of a delivery.
 ///
 /// Missing attributes get defaults where that is safe: the correlation id defaults to the
@@ -121,6 +161,7 @@ pub(crate) fn decode(
     properties: &BasicProperties,
     routing_key: &str,
     body: Vec<u8>,
+    interned: &mut Interned,
 ) -> Result<Message, Malformed> {
     let empty = FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
@@ -158,13 +199,14 @@ pub(crate) fn decode(
                 .and_then(|s| Uuid::parse_str(s).ok())
         })
         .unwrap_or(id);
-    let source: Arc<str> = properties
-        .app_id()
-        .as_ref()
-        .map(|s| s.as_str())
-        .or_else(|| header(headers::SOURCE).and_then(as_str))
-        .unwrap_or("unknown")
-        .into();
+    let source = interned.source(
+        properties
+            .app_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            .or_else(|| header(headers::SOURCE).and_then(as_str))
+            .unwrap_or("unknown"),
+    );
     let time = header(headers::TIME)
         .and_then(as_str)
         .and_then(parse_rfc3339)
@@ -217,7 +259,7 @@ pub(crate) fn decode(
     Ok(Message {
         meta: Metadata {
             id,
-            name: Cow::Owned(name),
+            name: interned.name(name),
             version,
             source,
             time,
@@ -233,11 +275,11 @@ pub(crate) fn decode(
     })
 }
 
-fn event_type(
-    properties: &BasicProperties,
-    table: &FieldTable,
-    routing_key: &str,
-) -> Result<(String, u32), &'static str> {
+fn event_type<'a>(
+    properties: &'a BasicProperties,
+    table: &'a FieldTable,
+    routing_key: &'a str,
+) -> Result<(&'a str, u32), &'static str> {
     let from_key = routing_key
         .rsplit_once(".v")
         .and_then(|(name, v)| Some((name, v.parse::<u32>().ok()?)));
@@ -256,7 +298,7 @@ fn event_type(
         .ok_or(
             "no event version: neither the `choreo-version` header nor the routing key gives it",
         )?;
-    Ok((name.to_owned(), version))
+    Ok((name, version))
 }
 
 /// A stable id for a message that came without one.
@@ -326,7 +368,7 @@ mod tests {
     #[test]
     fn envelope_round_trips() {
         let original = message();
-        let props = properties(&original);
+        let props = envelope_properties(&original);
         assert_eq!(
             props.message_id().as_ref().unwrap().as_str(),
             original.meta.id.to_string()
@@ -343,7 +385,13 @@ mod tests {
         );
         assert_eq!(header_text(&props, headers::SPEC_VERSION).unwrap(), "1.0");
 
-        let decoded = decode(&props, "orders.order-placed.v2", original.body.to_vec()).unwrap();
+        let decoded = decode(
+            &props,
+            "orders.order-placed.v2",
+            original.body.to_vec(),
+            &mut Interned::default(),
+        )
+        .unwrap();
         let (a, b) = (&decoded.meta, &original.meta);
         assert_eq!(a.id, b.id);
         assert_eq!(a.name, b.name);
@@ -365,11 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn known_names_and_repeated_sources_are_shared() {
+        let props = envelope_properties(&message());
+        let mut interned = Interned {
+            names: vec!["orders.order-placed"],
+            source: None,
+        };
+        let body = || b"{}".to_vec();
+        let a = decode(&props, "orders.order-placed.v2", body(), &mut interned).unwrap();
+        let b = decode(&props, "orders.order-placed.v2", body(), &mut interned).unwrap();
+        assert!(matches!(a.meta.name, Cow::Borrowed("orders.order-placed")));
+        assert!(Arc::ptr_eq(&a.meta.source, &b.meta.source));
+        let other =
+            envelope_properties(&Message::raw("billing.refunded", 1, "billing".into(), "{}"));
+        let c = decode(&other, "billing.refunded.v1", body(), &mut interned).unwrap();
+        assert!(matches!(c.meta.name, Cow::Owned(ref n) if n == "billing.refunded"));
+        assert_eq!(&*c.meta.source, "billing");
+    }
+
+    #[test]
     fn missing_metadata_gets_safe_defaults() {
         let body = br#"{"order_id":"o-1"}"#.to_vec();
         let bare = BasicProperties::default();
-        let a = decode(&bare, "orders.order-placed.v1", body.clone()).unwrap();
-        let b = decode(&bare, "orders.order-placed.v1", body).unwrap();
+        let a = decode(
+            &bare,
+            "orders.order-placed.v1",
+            body.clone(),
+            &mut Interned::default(),
+        )
+        .unwrap();
+        let b = decode(
+            &bare,
+            "orders.order-placed.v1",
+            body,
+            &mut Interned::default(),
+        )
+        .unwrap();
         assert_eq!(a.meta.name, "orders.order-placed");
         assert_eq!(a.meta.version, 1);
         assert_eq!(a.meta.id, b.meta.id, "redeliveries keep one id");
@@ -383,14 +462,20 @@ mod tests {
         let mut table = FieldTable::default();
         put_str(&mut table, headers::TRACEPARENT, "00-abc-def-01");
         let props = BasicProperties::default().with_headers(table);
-        let decoded = decode(&props, "orders.order-placed.v1", b"{}".to_vec()).unwrap();
+        let decoded = decode(
+            &props,
+            "orders.order-placed.v1",
+            b"{}".to_vec(),
+            &mut Interned::default(),
+        )
+        .unwrap();
         assert_eq!(decoded.meta.trace, None);
         assert_eq!(
             decoded.meta.headers.get(headers::TRACEPARENT),
             Some("00-abc-def-01")
         );
         // Sent on as it came.
-        let again = properties(&decoded);
+        let again = envelope_properties(&decoded);
         assert_eq!(
             header_text(&again, headers::TRACEPARENT).unwrap(),
             "00-abc-def-01"
@@ -400,14 +485,32 @@ mod tests {
     #[test]
     fn unreadable_metadata_is_malformed() {
         let bare = BasicProperties::default();
-        let error = decode(&bare, "not-a-routing-key", b"kept".to_vec()).unwrap_err();
+        let error = decode(
+            &bare,
+            "not-a-routing-key",
+            b"kept".to_vec(),
+            &mut Interned::default(),
+        )
+        .unwrap_err();
         assert!(error.reason.starts_with("no event name"), "{error:?}");
         assert_eq!(error.body, b"kept", "the body is kept for the poison queue");
         let typed = BasicProperties::default().with_type("orders.order-placed".into());
-        let error = decode(&typed, "something-else", Vec::new()).unwrap_err();
+        let error = decode(
+            &typed,
+            "something-else",
+            Vec::new(),
+            &mut Interned::default(),
+        )
+        .unwrap_err();
         assert!(error.reason.starts_with("no event version"), "{error:?}");
         let bad_id = BasicProperties::default().with_message_id("42".into());
-        let error = decode(&bad_id, "orders.order-placed.v1", Vec::new()).unwrap_err();
+        let error = decode(
+            &bad_id,
+            "orders.order-placed.v1",
+            Vec::new(),
+            &mut Interned::default(),
+        )
+        .unwrap_err();
         assert_eq!(error.reason, "message id `42` is not a UUID");
     }
 }

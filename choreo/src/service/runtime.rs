@@ -342,7 +342,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     };
                     let publishing = Instant::now();
                     let count = outbox.messages.len();
-                    let published_all = self.transport.publish_all(outbox.messages).await;
+                    // A broker's publish is a large future: box it, and only when there is
+                    // something to publish, so that the common path stays small.
+                    let published_all = if outbox.messages.is_empty() {
+                        Ok(())
+                    } else {
+                        Box::pin(self.transport.publish_all(outbox.messages)).await
+                    };
                     if count > 0 {
                         self.metrics.published(publishing.elapsed());
                     }
@@ -401,8 +407,13 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     tier: Some(tier),
                     delay,
                 };
-                self.settle(Some(meta), outcome, delivery.retry(retry), started)
-                    .await;
+                self.settle(
+                    Some(meta),
+                    outcome,
+                    Box::pin(delivery.retry(retry)),
+                    started,
+                )
+                .await;
             }
             None => {
                 let failure = self.failure(
@@ -470,7 +481,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             // message back for a later delivery.
             tokio::time::sleep(DEFER_PAUSE).await;
             let outcome = Outcome::Deferred { delay: DEFER_PAUSE };
-            self.settle(Some(meta), outcome, delivery.requeue(), started)
+            self.settle(Some(meta), outcome, Box::pin(delivery.requeue()), started)
                 .await;
             return;
         };
@@ -484,7 +495,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         self.settle(
             Some(meta),
             Outcome::Deferred { delay },
-            delivery.retry(retry),
+            Box::pin(delivery.retry(retry)),
             started,
         )
         .await;
@@ -548,12 +559,15 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             "message poisoned"
         );
         self.emit(meta, Outcome::Poisoned(&failure), started);
-        if let Err(error) = delivery.poison(failure).await {
+        if let Err(error) = Box::pin(delivery.poison(failure)).await {
             self.settle_failed(meta, &error, started);
         }
     }
 
     /// Tells the observers, then settles the message with the broker.
+    ///
+    /// Callers box the rare settlements — retry, poison, requeue —: on a broker each is a
+    /// publish, a large future, and the future of every message would carry its size.
     ///
     /// Observers hear first so that whoever waits for the queue to drain has seen every
     /// outcome by then; a failed settle follows as [`Outcome::SettleFailed`].
