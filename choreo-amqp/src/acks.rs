@@ -41,6 +41,66 @@ impl State {
             .binary_search_by_key(&tag, |&(t, _)| t)
             .ok()
     }
+
+    fn delivered(&mut self, tag: u64) {
+        match self.outstanding.back() {
+            Some(&(last, _)) if last >= tag => {
+                // Not in order (never from one channel): keep the deque sorted all the same.
+                let at = self.outstanding.partition_point(|&(t, _)| t < tag);
+                self.outstanding.insert(at, (tag, false));
+            }
+            _ => self.outstanding.push_back((tag, false)),
+        }
+    }
+
+    fn settled_elsewhere(&mut self, tag: u64) {
+        if let Some(at) = self.position(tag) {
+            if let Some((_, true)) = self.outstanding.remove(at) {
+                self.finished -= 1;
+            }
+        }
+    }
+
+    /// Marks `tag` finished; `true` when no flush is in flight to pick it up, and the caller
+    /// now runs one.
+    fn finish(&mut self, tag: u64) -> bool {
+        if let Some(at) = self.position(tag) {
+            if !std::mem::replace(&mut self.outstanding[at].1, true) {
+                self.finished += 1;
+            }
+        }
+        !std::mem::replace(&mut self.flushing, true)
+    }
+
+    /// What to acknowledge next: every tag up to the first unfinished one (one `multiple` ack), and tags
+    /// finished behind an unfinished one, one by one, once `limit` of them wait. Ends the
+    /// flush, returning `None`, when there is nothing.
+    fn next_batch(&mut self, limit: usize) -> Option<(Option<u64>, Vec<u64>)> {
+        let mut upto = None;
+        while let Some(&(tag, true)) = self.outstanding.front() {
+            self.outstanding.pop_front();
+            self.finished -= 1;
+            upto = Some(tag);
+        }
+        let singles: Vec<u64> = if self.finished >= limit {
+            let mut held = Vec::with_capacity(self.finished);
+            self.outstanding.retain(|&(tag, finished)| {
+                if finished {
+                    held.push(tag);
+                }
+                !finished
+            });
+            self.finished = 0;
+            held
+        } else {
+            Vec::new()
+        };
+        if upto.is_none() && singles.is_empty() {
+            self.flushing = false;
+            return None;
+        }
+        Some((upto, singles))
+    }
 }
 
 impl Acks {
@@ -61,37 +121,18 @@ impl Acks {
 
     /// Tracks a tag handed to the service.
     pub(crate) fn delivered(&self, tag: u64) {
-        let mut state = self.lock();
-        match state.outstanding.back() {
-            Some(&(last, _)) if last >= tag => {
-                // Not in order (never from one channel): keep the deque sorted all the same.
-                let at = state.outstanding.partition_point(|&(t, _)| t < tag);
-                state.outstanding.insert(at, (tag, false));
-            }
-            _ => state.outstanding.push_back((tag, false)),
-        }
+        self.lock().delivered(tag);
     }
 
     /// Forgets a tag whose own ack or nack has been sent.
     pub(crate) fn settled_elsewhere(&self, tag: u64) {
-        let mut state = self.lock();
-        if let Some(at) = state.position(tag) {
-            if let Some((_, true)) = state.outstanding.remove(at) {
-                state.finished -= 1;
-            }
-        }
+        self.lock().settled_elsewhere(tag);
     }
 
     /// Marks `tag` finished. `true` when the caller must flush: no flush is in flight to
     /// pick it up.
     pub(crate) fn finish(&self, tag: u64) -> bool {
-        let mut state = self.lock();
-        if let Some(at) = state.position(tag) {
-            if !std::mem::replace(&mut state.outstanding[at].1, true) {
-                state.finished += 1;
-            }
-        }
-        !std::mem::replace(&mut state.flushing, true)
+        self.lock().finish(tag)
     }
 
     /// Sends acknowledgements until nothing finished is left, then ends the flush.
@@ -105,32 +146,10 @@ impl Acks {
 
     async fn flush_all(&self) -> Result<(), lapin::Error> {
         loop {
-            let (upto, singles) = {
-                let mut state = self.lock();
-                let mut upto = None;
-                while let Some(&(tag, true)) = state.outstanding.front() {
-                    state.outstanding.pop_front();
-                    state.finished -= 1;
-                    upto = Some(tag);
-                }
-                let singles: Vec<u64> = if state.finished >= self.limit {
-                    let mut held = Vec::with_capacity(state.finished);
-                    state.outstanding.retain(|&(tag, finished)| {
-                        if finished {
-                            held.push(tag);
-                        }
-                        !finished
-                    });
-                    state.finished = 0;
-                    held
-                } else {
-                    Vec::new()
-                };
-                if upto.is_none() && singles.is_empty() {
-                    state.flushing = false;
-                    return Ok(());
-                }
-                (upto, singles)
+            // The lock is let go before any await.
+            let batch = self.lock().next_batch(self.limit);
+            let Some((upto, singles)) = batch else {
+                return Ok(());
             };
             if let Some(upto) = upto {
                 self.channel
@@ -143,5 +162,68 @@ impl Acks {
                     .await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(tags: impl IntoIterator<Item = u64>) -> State {
+        let mut state = State::default();
+        for tag in tags {
+            state.delivered(tag);
+        }
+        state
+    }
+
+    #[test]
+    fn a_multiple_ack_covers_only_the_contiguous_finished_run() {
+        let mut state = delivered(1..=5);
+        assert!(state.finish(2), "the first finisher flushes");
+        assert!(!state.finish(1), "a flush is in flight");
+        assert!(!state.finish(4));
+        // 3 is still being handled: 1 and 2 go, 4 waits behind it.
+        assert_eq!(state.next_batch(10), Some((Some(2), vec![])));
+        assert_eq!(state.next_batch(10), None, "nothing more: the flush ends");
+        assert!(state.finish(3), "a new flush starts");
+        assert_eq!(state.next_batch(10), Some((Some(4), vec![])));
+        assert_eq!(state.next_batch(10), None);
+        assert_eq!(state.outstanding, [(5, false)]);
+    }
+
+    #[test]
+    fn finished_tags_behind_a_slow_one_go_one_by_one_past_the_limit() {
+        let mut state = delivered(1..=6);
+        assert!(state.finish(2));
+        assert!(!state.finish(3));
+        assert_eq!(state.next_batch(3), None, "two held: under the limit");
+        assert!(state.finish(5));
+        assert!(!state.finish(6));
+        assert_eq!(state.next_batch(3), Some((None, vec![2, 3, 5, 6])));
+        assert_eq!(state.next_batch(3), None);
+        assert_eq!(state.outstanding, [(1, false), (4, false)]);
+        assert_eq!(state.finished, 0);
+    }
+
+    #[test]
+    fn a_tag_settled_elsewhere_leaves_the_run() {
+        let mut state = delivered([1, 2, 3]);
+        state.settled_elsewhere(1);
+        assert!(state.finish(3));
+        assert_eq!(state.next_batch(10), None, "2 is still being handled");
+        state.settled_elsewhere(2);
+        assert!(state.finish(3), "finishing twice counts once");
+        assert_eq!(state.finished, 1);
+        assert_eq!(state.next_batch(10), Some((Some(3), vec![])));
+        assert!(state.outstanding.is_empty());
+        assert_eq!(state.finished, 0);
+    }
+
+    #[test]
+    fn out_of_order_deliveries_stay_sorted() {
+        let state = delivered([5, 3, 4, 9]);
+        let tags: Vec<u64> = state.outstanding.iter().map(|&(t, _)| t).collect();
+        assert_eq!(tags, [3, 4, 5, 9]);
     }
 }

@@ -59,6 +59,21 @@ pub trait Event:
         None
     }
 
+    /// Appends the business key to `out`, as [`Event::key`] gives it; `false`, appending
+    /// nothing, when the event has none.
+    ///
+    /// The runtime reads every message's key this way, into a buffer it reuses; the derive
+    /// writes the key in place. The default goes through [`Event::key`].
+    fn write_key(&self, out: &mut String) -> bool {
+        match self.key() {
+            Some(key) => {
+                out.push_str(&key);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Decodes a message body written as version `version` of this event's name.
     ///
     /// The default reads only [`Event::VERSION`]; newer versions override it to upcast older
@@ -131,6 +146,20 @@ pub enum DecodeError {
 pub trait EventKey {
     /// The key as text, `None` when absent.
     fn to_key(&self) -> Option<String>;
+
+    /// Appends the key to `out`; `false`, appending nothing, when absent.
+    ///
+    /// The default goes through [`EventKey::to_key`]; a type that can write its key in place
+    /// saves an allocation per message by overriding it.
+    fn write_key(&self, out: &mut String) -> bool {
+        match self.to_key() {
+            Some(key) => {
+                out.push_str(&key);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 macro_rules! key_via_to_string {
@@ -138,6 +167,13 @@ macro_rules! key_via_to_string {
         impl EventKey for $t {
             fn to_key(&self) -> Option<String> {
                 Some(self.to_string())
+            }
+
+            fn write_key(&self, out: &mut String) -> bool {
+                use std::fmt::Write as _;
+                // Writing into a `String` does not fail.
+                let _ = write!(out, "{self}");
+                true
             }
         }
     )*};
@@ -165,17 +201,29 @@ impl<T: EventKey + ?Sized> EventKey for &T {
     fn to_key(&self) -> Option<String> {
         (**self).to_key()
     }
+
+    fn write_key(&self, out: &mut String) -> bool {
+        (**self).write_key(out)
+    }
 }
 
 impl<T: EventKey> EventKey for Option<T> {
     fn to_key(&self) -> Option<String> {
         self.as_ref().and_then(EventKey::to_key)
     }
+
+    fn write_key(&self, out: &mut String) -> bool {
+        self.as_ref().is_some_and(|key| key.write_key(out))
+    }
 }
 
 impl<T: EventKey + ?Sized> EventKey for Box<T> {
     fn to_key(&self) -> Option<String> {
         (**self).to_key()
+    }
+
+    fn write_key(&self, out: &mut String) -> bool {
+        (**self).write_key(out)
     }
 }
 

@@ -193,17 +193,22 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerEr
 
 /// A decoded message, ready to run.
 pub(crate) struct Invocation {
-    pub(crate) key: Option<String>,
+    /// Whether the event has a business key, written where [`ErasedHandler::invoke`] was
+    /// asked to.
+    pub(crate) has_key: bool,
     pub(crate) future: HandlerFuture,
 }
 
 /// A handler with its event type erased, so one service holds many.
 pub(crate) trait ErasedHandler: Send + Sync + 'static {
+    /// Decodes `message` and starts the handler on it; writes the event's business key into
+    /// `key`, cleared first, when given one.
     fn invoke(
         &self,
         message: &Message,
         ctx: Context,
         state: &StateMap,
+        key: Option<&mut String>,
     ) -> Result<Invocation, DecodeError>;
 }
 
@@ -215,11 +220,15 @@ impl<H: Handler> ErasedHandler for Erased<H> {
         message: &Message,
         ctx: Context,
         state: &StateMap,
+        key: Option<&mut String>,
     ) -> Result<Invocation, DecodeError> {
         let event = <H::Event as Event>::decode(message.meta.version, &message.body)?;
-        let key = event.key();
+        let has_key = key.is_some_and(|key| {
+            key.clear();
+            event.write_key(key)
+        });
         Ok(Invocation {
-            key,
+            has_key,
             future: Box::pin(self.0.call(event, ctx, state)),
         })
     }

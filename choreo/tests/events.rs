@@ -41,6 +41,60 @@ fn keys_come_from_the_marked_field() {
     );
 }
 
+/// A key type that only knows `to_key`: `write_key` goes through it.
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+struct Sku(String);
+
+impl choreo::EventKey for Sku {
+    fn to_key(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.0.to_uppercase())
+    }
+}
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[choreo(name = "catalog.sku-retired", version = 1)]
+struct SkuRetired {
+    #[choreo(key)]
+    sku: Sku,
+}
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[choreo(name = "billing.refund-issued", version = 1)]
+struct RefundIssued {
+    #[choreo(key)]
+    refund_id: Option<uuid::Uuid>,
+}
+
+#[test]
+fn written_keys_are_the_keys_appended() {
+    fn written(event: &impl Event) -> Option<String> {
+        let mut out = String::from("prefix:");
+        let written = event.write_key(&mut out);
+        assert_eq!(written, event.key().is_some());
+        if !written {
+            assert_eq!(out, "prefix:", "nothing appended");
+        }
+        written.then(|| out["prefix:".len()..].to_owned())
+    }
+    assert_eq!(written(&common::order(42)).as_deref(), Some("42"));
+    assert_eq!(written(&InvoiceSent { order_id: 1 }), None);
+    assert_eq!(
+        written(&ParcelLabelled("P-9".into(), 2)).as_deref(),
+        Some("P-9")
+    );
+    assert_eq!(
+        written(&SkuRetired { sku: Sku("a-1".into()) }).as_deref(),
+        Some("A-1")
+    );
+    assert_eq!(written(&SkuRetired { sku: Sku(String::new()) }), None);
+    let id = uuid::Uuid::from_u128(7);
+    assert_eq!(
+        written(&RefundIssued { refund_id: Some(id) }),
+        Some(id.to_string())
+    );
+    assert_eq!(written(&RefundIssued { refund_id: None }), None);
+}
+
 #[test]
 fn decode_reads_its_version_and_rejects_others() {
     let body = serde_json::to_vec(&common::order(5)).unwrap();

@@ -65,11 +65,17 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
         let to_key = quote_spanned! {ty.span()=>
             <#ty as #krate::__private::EventKey>::to_key
         };
+        let write_key = quote_spanned! {ty.span()=>
+            <#ty as #krate::__private::EventKey>::write_key
+        };
         quote! {
             const KEY_FIELD: ::core::option::Option<&'static str> =
                 ::core::option::Option::Some(#field);
             fn key(&self) -> ::core::option::Option<::std::string::String> {
                 #to_key(&self.#member)
+            }
+            fn write_key(&self, out: &mut ::std::string::String) -> bool {
+                #write_key(&self.#member, out)
             }
         }
     });

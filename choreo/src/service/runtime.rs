@@ -141,7 +141,12 @@ async fn consume_worker<T: Transport, S: IdempotencyStore>(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
+    // The business key of the message at hand, in a buffer the worker keeps.
+    let mut key = String::new();
     loop {
+        if key.capacity() > 1024 {
+            key = String::new();
+        }
         // Polling `stop.cancelled()` registers a waiter on the token (a lock, and another to
         // unregister): check the flag, and wait on the token only when we must wait.
         if stop.is_cancelled() {
@@ -159,7 +164,7 @@ async fn consume_worker<T: Transport, S: IdempotencyStore>(
             Some(Ok(delivery)) => {
                 tokio::select! {
                     biased;
-                    () = runtime.process(delivery) => {}
+                    () = runtime.process(delivery, &mut key) => {}
                     // Dropping the unsettled delivery returns it to the broker.
                     () = hard_stop.cancelled() => {}
                 }
@@ -172,7 +177,7 @@ async fn consume_worker<T: Transport, S: IdempotencyStore>(
 }
 
 impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
-    async fn process<D: Delivery>(&self, delivery: D) {
+    async fn process<D: Delivery>(&self, delivery: D, key: &mut String) {
         let started = Instant::now();
         let message = match delivery.message() {
             Ok(message) => message,
@@ -204,7 +209,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                 crate::trace::set_parent(&span, trace, &message.meta.headers);
             }
         }
-        self.handle(delivery, started).instrument(span).await;
+        self.handle(delivery, started, key).instrument(span).await;
     }
 
     /// Why a message cannot reach the handler at all, before anything is decoded.
@@ -232,7 +237,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         }
     }
 
-    async fn handle<D: Delivery>(&self, delivery: D, started: Instant) {
+    async fn handle<D: Delivery>(&self, delivery: D, started: Instant, key: &mut String) {
         let Ok(message) = delivery.message() else {
             return;
         };
@@ -253,10 +258,11 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                 .and_then(parse_rfc3339),
             last_error: String::new(),
         };
-        // The claimed key: the event's business key, or else the message id.
+        // The claimed key: the event's business key, written into `key`, or else the
+        // message id. `claimed` says which, once the key is ours.
         let mut id_buffer = Uuid::encode_buffer();
         let id_key: &str = message.meta.id.hyphenated().encode_lower(&mut id_buffer);
-        let mut claimed: Option<Option<String>> = None;
+        let mut claimed: Option<bool> = None;
         let runs = self.retry.immediate_retries() + 1;
         let mut ctx = Context::new(
             message.meta.clone(),
@@ -272,10 +278,15 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     Arc::clone(&self.scope),
                 );
             }
-            let invocation = match self.handler.invoke(message, ctx.clone(), &self.state) {
+            // Until the key is claimed, each run reads it again from the event.
+            let key_out = claimed.is_none().then_some(&mut *key);
+            let invocation = match self
+                .handler
+                .invoke(message, ctx.clone(), &self.state, key_out)
+            {
                 Ok(invocation) => invocation,
                 Err(error) => {
-                    self.release(claimed.as_ref(), id_key).await;
+                    self.release(claimed, key, id_key).await;
                     let kind = match error {
                         DecodeError::UnknownVersion { .. } => FailureKind::UnknownVersion,
                         _ => FailureKind::Decode,
@@ -294,9 +305,14 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             };
 
             if claimed.is_none() {
-                let key = invocation.key.as_deref().unwrap_or(id_key);
-                match self.store.claim(&self.scope.queue, key, self.lease()).await {
-                    Ok(Claim::Claimed) => claimed = Some(invocation.key),
+                let has_key = invocation.has_key;
+                let claim = claim_key(has_key, key, id_key);
+                match self
+                    .store
+                    .claim(&self.scope.queue, claim, self.lease())
+                    .await
+                {
+                    Ok(Claim::Claimed) => claimed = Some(has_key),
                     Ok(Claim::Done) => {
                         drop(invocation.future);
                         self.settle(
@@ -354,7 +370,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     }
                     match published_all {
                         Ok(()) => {
-                            self.complete(claimed.as_ref(), id_key).await;
+                            self.complete(claimed, key, id_key).await;
                             let outcome = Outcome::Handled {
                                 published: &published,
                             };
@@ -369,7 +385,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                 }
                 Err(error) if error.is_permanent() => {
                     failures.record(error.to_string());
-                    self.release(claimed.as_ref(), id_key).await;
+                    self.release(claimed, key, id_key).await;
                     let failure = self.failure(
                         Some(message),
                         FailureKind::Permanent,
@@ -389,7 +405,7 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             }
         }
 
-        self.release(claimed.as_ref(), id_key).await;
+        self.release(claimed, key, id_key).await;
         let meta = ctx.meta();
         let tier = meta.retry_tier as usize;
         match self.retry.tiers().get(tier) {
@@ -501,18 +517,18 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
         .await;
     }
 
-    async fn release(&self, claimed: Option<&Option<String>>, id_key: &str) {
-        if let Some(key) = claimed {
-            let key = key.as_deref().unwrap_or(id_key);
+    async fn release(&self, claimed: Option<bool>, key: &str, id_key: &str) {
+        if let Some(has_key) = claimed {
+            let key = claim_key(has_key, key, id_key);
             if let Err(error) = self.store.release(&self.scope.queue, key).await {
                 tracing::warn!(%error, "idempotency store did not release a claim; it lapses with its lease");
             }
         }
     }
 
-    async fn complete(&self, claimed: Option<&Option<String>>, id_key: &str) {
-        if let Some(key) = claimed {
-            let key = key.as_deref().unwrap_or(id_key);
+    async fn complete(&self, claimed: Option<bool>, key: &str, id_key: &str) {
+        if let Some(has_key) = claimed {
+            let key = claim_key(has_key, key, id_key);
             if let Err(error) = self.store.complete(&self.scope.queue, key).await {
                 tracing::warn!(%error, "idempotency store did not record completion; a redelivery would run again");
             }
@@ -607,6 +623,11 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
             observer.observe(&observation);
         }
     }
+}
+
+/// The idempotency key: the event's business `key` when it has one, else the message id.
+fn claim_key<'k>(has_key: bool, key: &'k str, id_key: &'k str) -> &'k str {
+    if has_key { key } else { id_key }
 }
 
 struct FailureLog {
