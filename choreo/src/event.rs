@@ -65,13 +65,7 @@ pub trait Event:
     /// The runtime reads every message's key this way, into a buffer it reuses; the derive
     /// writes the key in place. The default goes through [`Event::key`].
     fn write_key(&self, out: &mut String) -> bool {
-        match self.key() {
-            Some(key) => {
-                out.push_str(&key);
-                true
-            }
-            None => false,
-        }
+        append_key(out, self.key())
     }
 
     /// Decodes a message body written as version `version` of this event's name.
@@ -152,14 +146,16 @@ pub trait EventKey {
     /// The default goes through [`EventKey::to_key`]; a type that can write its key in place
     /// saves an allocation per message by overriding it.
     fn write_key(&self, out: &mut String) -> bool {
-        match self.to_key() {
-            Some(key) => {
-                out.push_str(&key);
-                true
-            }
-            None => false,
-        }
+        append_key(out, self.to_key())
     }
+}
+
+/// Appends `key`, if any, to `out`; whether there was one.
+fn append_key(out: &mut String, key: Option<String>) -> bool {
+    key.is_some_and(|key| {
+        out.push_str(&key);
+        true
+    })
 }
 
 macro_rules! key_via_to_string {

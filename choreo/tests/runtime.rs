@@ -687,12 +687,16 @@ async fn shutdown_returns_messages_still_running_after_the_grace_period() {
     );
 }
 
-#[tokio::test]
-async fn concurrency_bounds_in_flight_messages() {
+/// Starts `handler` of concurrency `concurrency`, publishes five orders, and checks that
+/// exactly `concurrency` of them run while the rest wait.
+async fn five_orders_at_concurrency(
+    handler: impl choreo::Handler,
+    concurrency: usize,
+) -> (choreo::MemoryTransport, Counter, choreo::RunningService) {
     let transport = choreo::MemoryTransport::new();
     let counter = Counter::default();
     let running = Service::new("billing")
-        .handler(slow)
+        .handler(handler)
         .state(counter.clone())
         .start(&transport)
         .await
@@ -701,10 +705,20 @@ async fn concurrency_bounds_in_flight_messages() {
     for id in 0..5 {
         publisher.publish(&order(id)).await.unwrap();
     }
-    wait_until_in_flight(&transport, 1).await;
+    wait_until_in_flight(&transport, concurrency).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let stats = transport.stats(QUEUE).unwrap();
-    assert_eq!((stats.in_flight, stats.ready), (1, 4), "concurrency = 1");
+    assert_eq!(
+        (stats.in_flight, stats.ready),
+        (concurrency, 5 - concurrency),
+        "concurrency = {concurrency}"
+    );
+    (transport, counter, running)
+}
+
+#[tokio::test]
+async fn concurrency_bounds_in_flight_messages() {
+    let (_, _, running) = five_orders_at_concurrency(slow, 1).await;
     running.shutdown().await.unwrap();
 }
 
@@ -717,22 +731,7 @@ async fn slow_three_at_once(order: OrderPlaced, State(counter): State<Counter>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_takes_its_own_deliveries_and_shutdown_keeps_the_rest() {
-    let transport = choreo::MemoryTransport::new();
-    let counter = Counter::default();
-    let running = Service::new("billing")
-        .handler(slow_three_at_once)
-        .state(counter.clone())
-        .start(&transport)
-        .await
-        .unwrap();
-    let publisher = choreo::Publisher::new(transport.clone(), "test");
-    for id in 0..5 {
-        publisher.publish(&order(id)).await.unwrap();
-    }
-    wait_until_in_flight(&transport, 3).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let stats = transport.stats(QUEUE).unwrap();
-    assert_eq!((stats.in_flight, stats.ready), (3, 2), "concurrency = 3");
+    let (transport, counter, running) = five_orders_at_concurrency(slow_three_at_once, 3).await;
 
     // The three running finish; the two waiting stay queued for the next instance.
     running.shutdown().await.unwrap();
