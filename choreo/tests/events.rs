@@ -83,13 +83,23 @@ fn written_keys_are_the_keys_appended() {
         Some("P-9")
     );
     assert_eq!(
-        written(&SkuRetired { sku: Sku("a-1".into()) }).as_deref(),
+        written(&SkuRetired {
+            sku: Sku("a-1".into())
+        })
+        .as_deref(),
         Some("A-1")
     );
-    assert_eq!(written(&SkuRetired { sku: Sku(String::new()) }), None);
+    assert_eq!(
+        written(&SkuRetired {
+            sku: Sku(String::new())
+        }),
+        None
+    );
     let id = uuid::Uuid::from_u128(7);
     assert_eq!(
-        written(&RefundIssued { refund_id: Some(id) }),
+        written(&RefundIssued {
+            refund_id: Some(id)
+        }),
         Some(id.to_string())
     );
     assert_eq!(written(&RefundIssued { refund_id: None }), None);
