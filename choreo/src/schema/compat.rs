@@ -131,6 +131,25 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Why a change breaks: producers may write `what`, and consumers reject `it` (the
+    /// pronoun for `what`).
+    fn writes_rejected(self, what: impl fmt::Display, it: &str) -> String {
+        format!(
+            "{} may write {what}, and {} reject {it}",
+            self.producers(),
+            self.consumers()
+        )
+    }
+
+    /// Why a change breaks: producers may write `what` that consumers reject.
+    fn writes_outside(self, what: &str) -> String {
+        format!(
+            "{} may write {what} that {} reject",
+            self.producers(),
+            self.consumers()
+        )
+    }
+
     fn producers(self) -> &'static str {
         match self {
             Self::Backward => "producers still on the old schema",
@@ -750,16 +769,7 @@ impl<'a> Checker<'a> {
                     format!("{} was made nullable", subject(path)),
                 ),
             };
-            self.issue(
-                rule,
-                path,
-                what,
-                format!(
-                    "{} may write null there, and {} reject it",
-                    d.producers(),
-                    d.consumers()
-                ),
-            );
+            self.issue(rule, path, what, d.writes_rejected("null there", "it"));
         }
         let other = rejected.without(Types::NULL);
         if !other.is_empty() {
@@ -778,11 +788,7 @@ impl<'a> Checker<'a> {
                         old.describe(),
                         new.describe()
                     ),
-                    format!(
-                        "{} may write numbers with a fraction, and {} reject them",
-                        d.producers(),
-                        d.consumers()
-                    ),
+                    d.writes_rejected("numbers with a fraction", "them"),
                 );
             } else {
                 self.issue(
@@ -794,12 +800,7 @@ impl<'a> Checker<'a> {
                         old.describe(),
                         new.describe()
                     ),
-                    format!(
-                        "{} may write {} there, and {} reject it",
-                        d.producers(),
-                        other.describe_values(),
-                        d.consumers()
-                    ),
+                    d.writes_rejected(format_args!("{} there", other.describe_values()), "it"),
                 );
             }
         }
@@ -833,16 +834,7 @@ impl<'a> Checker<'a> {
                                     format!("value {} of {} was added", show(value), subject(path)),
                                 ),
                             };
-                            self.issue(
-                                rule,
-                                path,
-                                what,
-                                format!(
-                                    "{} may write it, and {} reject it",
-                                    d.producers(),
-                                    d.consumers()
-                                ),
-                            );
+                            self.issue(rule, path, what, d.writes_rejected("it", "it"));
                         }
                     }
                 }
@@ -865,16 +857,7 @@ impl<'a> Checker<'a> {
                             ),
                         ),
                     };
-                    self.issue(
-                        rule,
-                        path,
-                        what,
-                        format!(
-                            "{} may write other values, and {} reject them",
-                            d.producers(),
-                            d.consumers()
-                        ),
-                    );
+                    self.issue(rule, path, what, d.writes_rejected("other values", "them"));
                 }
             }
         }
@@ -914,16 +897,7 @@ impl<'a> Checker<'a> {
                     new.describe()
                 ),
             };
-            self.issue(
-                rule,
-                path,
-                what,
-                format!(
-                    "{} may write numbers that {} reject",
-                    d.producers(),
-                    d.consumers()
-                ),
-            );
+            self.issue(rule, path, what, d.writes_outside("numbers"));
         }
         if let Some(step) = reader.get("multipleOf").and_then(Value::as_f64) {
             let fits = writer
@@ -942,11 +916,7 @@ impl<'a> Checker<'a> {
                         show_opt(old),
                         show_opt(new)
                     ),
-                    format!(
-                        "{} may write numbers that {} reject",
-                        d.producers(),
-                        d.consumers()
-                    ),
+                    d.writes_outside("numbers"),
                 );
             }
         }
@@ -969,11 +939,7 @@ impl<'a> Checker<'a> {
                     Rule::FormatChanged,
                     path,
                     what,
-                    format!(
-                        "{} may write strings that are not `{required}`, and {} reject them",
-                        d.producers(),
-                        d.consumers()
-                    ),
+                    d.writes_rejected(format_args!("strings that are not `{required}`"), "them"),
                 );
             }
         }
@@ -988,10 +954,9 @@ impl<'a> Checker<'a> {
                     Rule::PatternChanged,
                     path,
                     what,
-                    format!(
-                        "{} may write strings that do not match `{required}`, and {} reject them",
-                        d.producers(),
-                        d.consumers()
+                    d.writes_rejected(
+                        format_args!("strings that do not match `{required}`"),
+                        "them",
                     ),
                 );
             }
@@ -1058,11 +1023,7 @@ impl<'a> Checker<'a> {
                     old.describe(),
                     new.describe()
                 ),
-                format!(
-                    "{} may write lists that {} reject",
-                    d.producers(),
-                    d.consumers()
-                ),
+                d.writes_outside("lists"),
             );
         }
         let unique = |m: &Map<String, Value>| m.get("uniqueItems") == Some(&Value::Bool(true));
@@ -1081,11 +1042,7 @@ impl<'a> Checker<'a> {
                 rule,
                 path,
                 what,
-                format!(
-                    "{} may write repeated items, and {} reject them",
-                    d.producers(),
-                    d.consumers()
-                ),
+                d.writes_rejected("repeated items", "them"),
             );
         }
     }
@@ -1223,11 +1180,7 @@ impl<'a> Checker<'a> {
                     rule,
                     path,
                     what,
-                    format!(
-                        "{} may write fields the schema does not list, and {} reject them",
-                        d.producers(),
-                        d.consumers()
-                    ),
+                    d.writes_rejected("fields the schema does not list", "them"),
                 );
             }
             (Additional::Schema(w), Additional::Schema(r)) => {
