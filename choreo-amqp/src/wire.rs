@@ -37,7 +37,7 @@ pub fn envelope_properties(message: &Message) -> BasicProperties {
     put_str(&mut table, headers::ID, id);
     put_str(&mut table, headers::TYPE, &meta.name);
     put_str(&mut table, headers::SOURCE, &meta.source);
-    put_str(&mut table, headers::TIME, &Rfc3339(meta.time).to_string());
+    table.insert(headers::TIME.into(), string(Rfc3339(meta.time).to_string()));
     table.insert(headers::VERSION.into(), AMQPValue::LongUInt(meta.version));
     put_str(&mut table, headers::CORRELATION_ID, correlation);
     if let Some(causation) = meta.causation_id {
@@ -61,7 +61,7 @@ pub fn envelope_properties(message: &Message) -> BasicProperties {
         );
     }
     if let Some(trace) = &meta.trace {
-        put_str(&mut table, headers::TRACEPARENT, &trace.traceparent());
+        table.insert(headers::TRACEPARENT.into(), string(trace.traceparent()));
     }
     for (name, value) in meta.headers.iter() {
         if let Ok(name) = ShortString::try_new(name) {
@@ -231,12 +231,13 @@ pub(crate) fn decode(
             headers::KEY => key = as_str(value).map(str::to_owned),
             headers::ATTEMPT => attempt = as_u32(value).unwrap_or(0),
             headers::RETRY_TIER => retry_tier = as_u32(value).unwrap_or(0),
-            // A `traceparent` that does not parse stays a header, as it came.
-            headers::TRACEPARENT if trace.is_none() => {
-                match as_str(value).and_then(TraceContext::parse) {
+            headers::TRACEPARENT => {
+                let text = as_str(value);
+                match text.and_then(TraceContext::parse) {
                     Some(parsed) => trace = Some(parsed),
+                    // One that does not parse stays a header, as it came.
                     None => {
-                        if let Some(text) = as_str(value) {
+                        if let Some(text) = text {
                             extra.insert(headers::TRACEPARENT, text);
                         }
                     }

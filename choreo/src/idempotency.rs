@@ -241,21 +241,19 @@ impl Keys {
             if !full && now.saturating_sub(since) < ttl {
                 break;
             }
-            let live = self.entries.get(&key).filter(|e| e.since == since);
-            let Some(entry) = live else {
-                // Released and maybe re-claimed since: this slot is stale.
-                self.order.pop_front();
-                continue;
-            };
-            // A key still in its lease stays past the TTL: forgetting it would let a
-            // duplicate run alongside. Only a full store takes it.
-            let expired = entry.until == DONE || entry.until <= now;
-            if full || expired {
-                self.entries.remove(&key);
-                self.order.pop_front();
-            } else {
-                break;
+            // Otherwise the slot is stale: released, and maybe claimed again since.
+            if let MapEntry::Occupied(live) = self.entries.entry(key) {
+                if live.get().since == since {
+                    // A key still in its lease stays past the TTL: forgetting it would let
+                    // a duplicate run alongside. Only a full store takes it.
+                    let until = live.get().until;
+                    if !full && until != DONE && until > now {
+                        break;
+                    }
+                    live.remove();
+                }
             }
+            self.order.pop_front();
         }
         if self.order.len() > capacity.saturating_mul(2) {
             let entries = &self.entries;

@@ -356,18 +356,16 @@ impl<T: Transport, S: IdempotencyStore> HandlerRuntime<T, S> {
                     } else {
                         outbox.messages.clone()
                     };
-                    let publishing = Instant::now();
-                    let count = outbox.messages.len();
                     // A broker's publish is a large future: box it, and only when there is
                     // something to publish, so that the common path stays small.
                     let published_all = if outbox.messages.is_empty() {
                         Ok(())
                     } else {
-                        Box::pin(self.transport.publish_all(outbox.messages)).await
-                    };
-                    if count > 0 {
+                        let publishing = Instant::now();
+                        let published = Box::pin(self.transport.publish_all(outbox.messages)).await;
                         self.metrics.published(publishing.elapsed());
-                    }
+                        published
+                    };
                     match published_all {
                         Ok(()) => {
                             self.complete(claimed, key, id_key).await;
