@@ -388,6 +388,32 @@ async fn measure(
     ))
 }
 
+/// Publishes `events` through `publish`, with `WINDOW` publishes awaiting their confirm.
+async fn publish_windowed<F, E>(
+    events: Vec<OrderPlaced>,
+    publish: impl Fn(OrderPlaced) -> F,
+) -> Result<(), BoxError>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    let mut in_flight: FuturesUnordered<F> = FuturesUnordered::new();
+    for event in events {
+        if in_flight.len() >= WINDOW {
+            in_flight
+                .next()
+                .await
+                .ok_or("no publish in flight")?
+                .map_err(Into::into)?;
+        }
+        in_flight.push(publish(event));
+    }
+    while let Some(confirmed) = in_flight.next().await {
+        confirmed.map_err(Into::into)?;
+    }
+    Ok(())
+}
+
 /// Plain lapin: a publishing connection with one confirm channel, and a consuming connection.
 struct Lapin {
     url: String,
@@ -536,17 +562,7 @@ impl Lapin {
                         }
                     }
                 };
-                let mut in_flight = FuturesUnordered::new();
-                for event in events {
-                    if in_flight.len() >= WINDOW {
-                        in_flight.next().await.ok_or("no publish in flight")??;
-                    }
-                    in_flight.push(publish(event));
-                }
-                while let Some(confirmed) = in_flight.next().await {
-                    confirmed?;
-                }
-                Ok(())
+                publish_windowed(events, publish).await
             })
         })
         .await
@@ -638,17 +654,7 @@ impl Choreo {
                         publisher.publish(&event).await.map(drop)
                     }
                 };
-                let mut in_flight = FuturesUnordered::new();
-                for event in events {
-                    if in_flight.len() >= WINDOW {
-                        in_flight.next().await.ok_or("no publish in flight")??;
-                    }
-                    in_flight.push(publish(event));
-                }
-                while let Some(confirmed) = in_flight.next().await {
-                    confirmed?;
-                }
-                Ok(())
+                publish_windowed(events, publish).await
             })
         })
         .await
