@@ -41,6 +41,22 @@ async fn flaky_charge(
     Ok(())
 }
 
+/// A harness running `billing` with `handler`, a [`Calls`] record as its state and fast
+/// retries.
+async fn billing_with(handler: impl choreo::Handler) -> (TestHarness, Calls) {
+    let mut h = TestHarness::new();
+    let calls = Calls::default();
+    h.start(
+        Service::new("billing")
+            .handler(handler)
+            .state(calls.clone())
+            .retry_policy(fast_retries()),
+    )
+    .await
+    .unwrap();
+    (h, calls)
+}
+
 fn billing(fail_first: u32) -> (Service, Calls) {
     let calls = Calls::default();
     let service = Service::new("billing")
@@ -197,16 +213,7 @@ async fn reject_large(order: OrderPlaced, State(calls): State<Calls>) -> Result<
 
 #[tokio::test]
 async fn permanent_error_poisons_at_once() {
-    let mut h = TestHarness::new();
-    let calls = Calls::default();
-    h.start(
-        Service::new("billing")
-            .handler(reject_large)
-            .state(calls.clone())
-            .retry_policy(fast_retries()),
-    )
-    .await
-    .unwrap();
+    let (h, calls) = billing_with(reject_large).await;
 
     h.publish(&OrderPlaced {
         order_id: 3,
@@ -229,15 +236,7 @@ async fn permanent_error_poisons_at_once() {
 
 #[tokio::test]
 async fn duplicates_are_handled_once() {
-    let mut h = TestHarness::new();
-    let calls = Calls::default();
-    h.start(
-        Service::new("billing")
-            .handler(reject_large)
-            .state(calls.clone()),
-    )
-    .await
-    .unwrap();
+    let (h, calls) = billing_with(reject_large).await;
 
     // The same message delivered twice, and a new message with the same business key.
     let id = h.publish(&order(5)).await.unwrap();
@@ -262,15 +261,7 @@ async fn invoice(sent: InvoiceSent, State(calls): State<Calls>) -> Result<(), Ha
 
 #[tokio::test]
 async fn without_a_business_key_the_message_id_deduplicates() {
-    let mut h = TestHarness::new();
-    let calls = Calls::default();
-    h.start(
-        Service::new("billing")
-            .handler(invoice)
-            .state(calls.clone()),
-    )
-    .await
-    .unwrap();
+    let (h, calls) = billing_with(invoice).await;
 
     let sent = InvoiceSent { order_id: 1 };
     let id = h.publish(&sent).await.unwrap();
@@ -295,16 +286,7 @@ async fn panics_first(order: OrderPlaced, State(calls): State<Calls>) -> Result<
 
 #[tokio::test]
 async fn a_panicking_handler_is_retried_and_the_service_keeps_running() {
-    let mut h = TestHarness::new();
-    let calls = Calls::default();
-    h.start(
-        Service::new("billing")
-            .handler(panics_first)
-            .state(calls.clone())
-            .retry_policy(fast_retries()),
-    )
-    .await
-    .unwrap();
+    let (h, calls) = billing_with(panics_first).await;
 
     h.publish(&order(1)).await.unwrap();
     h.publish(&order(2)).await.unwrap();
@@ -340,16 +322,7 @@ async fn slow_first(order: OrderPlaced, State(calls): State<Calls>) -> Result<()
 
 #[tokio::test]
 async fn a_handler_past_its_timeout_fails_transiently() {
-    let mut h = TestHarness::new();
-    let calls = Calls::default();
-    h.start(
-        Service::new("billing")
-            .handler(slow_first)
-            .state(calls.clone())
-            .retry_policy(fast_retries()),
-    )
-    .await
-    .unwrap();
+    let (h, calls) = billing_with(slow_first).await;
 
     h.publish(&order(1)).await.unwrap();
     h.settle().await.unwrap();
