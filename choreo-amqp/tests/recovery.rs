@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use choreo::{HandlerError, RetryPolicy, Service, State, handler};
+use choreo::{HandlerError, RetryPolicy, RunningService, Service, State, handler};
 use support::{Broker, Effects, OrderPlaced, eventually, order};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -64,6 +64,34 @@ async fn publish_all(broker: &Broker, ids: std::ops::Range<u64>, failures: Arc<A
     while tasks.join_next().await.is_some() {}
 }
 
+/// Ends a disrupted stream of `events` events: lets redeliveries and deferred duplicates come
+/// back and be absorbed, stops the service, and checks that no publish error reached the
+/// caller, that each event took effect exactly once and that every queue is empty.
+async fn finish_applied_once(
+    broker: Broker,
+    running: RunningService,
+    failures: &AtomicU64,
+    effects: &Effects,
+    events: u64,
+) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.shutdown().await.unwrap();
+
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no publish error reached the caller"
+    );
+    let repeated: Vec<u64> = (0..events).filter(|id| effects.of(*id) != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "applied more or less than once: {repeated:?}"
+    );
+    assert_drained(&broker).await;
+    broker.clean_up().await;
+    support::heal_dead_lettering();
+}
+
 async fn assert_drained(broker: &Broker) {
     let queue = broker.queue("apply");
     let tiers = ["", ".retry.1s", ".retry.10s", ".retry.1m", ".poison"];
@@ -113,23 +141,7 @@ async fn connections_closed_mid_stream_lose_nothing_and_apply_each_event_once() 
         "only {} of {EVENTS} handled",
         effects.distinct()
     );
-    // Let redeliveries and deferred duplicates come back and be absorbed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    running.shutdown().await.unwrap();
-
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "no publish error reached the caller"
-    );
-    let repeated: Vec<u64> = (0..EVENTS).filter(|id| effects.of(*id) != 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "applied more or less than once: {repeated:?}"
-    );
-    assert_drained(&broker).await;
-    broker.clean_up().await;
-    support::heal_dead_lettering();
+    finish_applied_once(broker, running, &failures, &effects, EVENTS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,20 +224,5 @@ async fn broker_restarts_neither_hang_nor_fail_publishes() {
             effects.distinct()
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    running.shutdown().await.unwrap();
-
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "no publish error reached the caller"
-    );
-    let repeated: Vec<u64> = (0..next).filter(|id| effects.of(*id) != 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "applied more or less than once: {repeated:?}"
-    );
-    assert_drained(&broker).await;
-    broker.clean_up().await;
-    support::heal_dead_lettering();
+    finish_applied_once(broker, running, &failures, &effects, next).await;
 }
