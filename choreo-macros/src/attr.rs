@@ -39,6 +39,15 @@ impl<'c, T> Attr<'c, T> {
         }
     }
 
+    /// Sets the value when it parsed, or else records the key as given with a value already
+    /// reported as invalid.
+    pub(crate) fn set_parsed<A: ToTokens>(&mut self, tokens: A, value: Option<T>) {
+        match value {
+            Some(value) => self.set(tokens, value),
+            None => self.set_invalid(tokens),
+        }
+    }
+
     /// Records that the key was written with a value already reported as invalid, so that it
     /// is neither reported missing nor, when written again, accepted silently.
     pub(crate) fn set_invalid<A: ToTokens>(&mut self, tokens: A) {
@@ -107,15 +116,10 @@ impl Container {
             has_attr = true;
             let parsed = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("name") {
-                    match string_value(cx, &meta, "name", "\"orders.order-placed\"")? {
-                        Some(value) => name.set(&meta.path, value),
-                        None => name.set_invalid(&meta.path),
-                    }
+                    let value = string_value(cx, &meta, "name", "\"orders.order-placed\"")?;
+                    name.set_parsed(&meta.path, value);
                 } else if meta.path.is_ident("version") {
-                    match int_value(cx, &meta, "version", "1")? {
-                        Some(lit) => version.set(&meta.path, lit),
-                        None => version.set_invalid(&meta.path),
-                    }
+                    version.set_parsed(&meta.path, int_value(cx, &meta, "version", "1")?);
                 } else if meta.path.is_ident("upcast_from") {
                     if !meta.input.peek(syn::token::Paren) {
                         skip_value(&meta)?;
@@ -269,23 +273,17 @@ impl HandlerArgs {
                 let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)?;
                 emits.set(&meta.path, types.into_iter().collect::<Vec<_>>());
             } else if meta.path.is_ident("name") {
-                match string_value(cx, &meta, "name", "\"charge-card\"")? {
-                    Some(value) => name.set(&meta.path, value),
-                    None => name.set_invalid(&meta.path),
-                }
+                name.set_parsed(
+                    &meta.path,
+                    string_value(cx, &meta, "name", "\"charge-card\"")?,
+                );
             } else if meta.path.is_ident("retry") {
                 let expr: Expr = meta.value()?.parse()?;
                 retry.set(&meta.path, expr);
             } else if meta.path.is_ident("timeout") {
-                match string_value(cx, &meta, "timeout", "\"30s\"")? {
-                    Some(value) => timeout.set(&meta.path, value),
-                    None => timeout.set_invalid(&meta.path),
-                }
+                timeout.set_parsed(&meta.path, string_value(cx, &meta, "timeout", "\"30s\"")?);
             } else if meta.path.is_ident("concurrency") {
-                match int_value(cx, &meta, "concurrency", "8")? {
-                    Some(value) => concurrency.set(&meta.path, value),
-                    None => concurrency.set_invalid(&meta.path),
-                }
+                concurrency.set_parsed(&meta.path, int_value(cx, &meta, "concurrency", "8")?);
             } else if meta.path.is_ident("crate") {
                 crate_value(cx, &meta, &mut krate)?;
             } else {
@@ -317,7 +315,6 @@ impl HandlerArgs {
     }
 }
 
-/// A string literal, or `None` after reporting that the value is something else.
 /// `crate = "path"`: the path generated code uses for the runtime.
 fn crate_value(
     cx: &Ctxt,
@@ -340,6 +337,7 @@ fn crate_value(
     Ok(())
 }
 
+/// A string literal, or `None` after reporting that the value is something else.
 fn string_value(
     cx: &Ctxt,
     meta: &ParseNestedMeta<'_>,
