@@ -432,12 +432,7 @@ fn replay_text(report: &ReplayReport) -> String {
     for failed in &report.failed {
         let _ = writeln!(out, "not replayed {}: {}", failed.id, failed.reason);
     }
-    let _ = writeln!(
-        out,
-        "{} message{} left in the queue",
-        report.left,
-        plural(u64::from(report.left))
-    );
+    left_line(&mut out, report.left);
     out
 }
 
@@ -451,13 +446,17 @@ fn purge_text(report: &PurgeReport) -> String {
     for id in &report.ids {
         let _ = writeln!(out, "  {id}");
     }
+    left_line(&mut out, report.left);
+    out
+}
+
+/// The closing line of a replay or purge: what is still in the poison queue.
+fn left_line(out: &mut String, left: u32) {
     let _ = writeln!(
         out,
-        "{} message{} left in the queue",
-        report.left,
-        plural(u64::from(report.left))
+        "{left} message{} left in the queue",
+        plural(u64::from(left))
     );
-    out
 }
 
 fn plural(n: u64) -> &'static str {
